@@ -1,0 +1,199 @@
+"""The models the studio offers and their rules: the one source for the form, its
+choices and the worker.
+
+Defaults follow ../shared/API.md. An operator adapts them without a code change
+by pointing QWEN_CATALOG_FILE at a JSON file such as
+
+    {"models": {"qwen-image-plus": {"prompt_max": 1000, "per_call": 1},
+                "my-new-model": {"label": "New", "rule": "sides", "presets": ["1024*1024"]}},
+     "hidden": ["wanx2.0-t2i-turbo"]}
+
+where each entry overrides fields of a default model or adds a new one.
+"""
+
+import json
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+MAX_IMAGES = 4
+MAX_SEED = 2_147_483_647
+NEGATIVE_PROMPT_MAX = 500
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Size":
+        """Read "W*H" (the API's form); "W×H" and "WxH" are accepted from people."""
+        normalised = text.strip().lower().replace("×", "*").replace("x", "*")
+        width, sep, height = normalised.partition("*")
+        if not sep or not width.strip().isdigit() or not height.strip().isdigit():
+            raise ValueError(f"{text!r} is not a size such as 1024*1024")
+        return cls(int(width), int(height))
+
+    def __str__(self) -> str:
+        return f"{self.width}*{self.height}"
+
+    @property
+    def shape(self) -> str:
+        ratio = Fraction(self.width, self.height)
+        if ratio == 1:
+            return "square"
+        return "landscape" if ratio > 1 else "portrait"
+
+    @property
+    def aspect_label(self) -> str:
+        ratio = Fraction(self.width, self.height).limit_denominator(20)
+        return f"{ratio.numerator}:{ratio.denominator}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    label: str
+    rule: str  # "sides": each side in [min_side, max_side]; "area": W·H and W/H bounded
+    prompt_max: int
+    per_call: int = 4  # images one API call may return; more are made with several calls
+    presets: tuple[Size, ...] = ()
+    min_side: int = 512
+    max_side: int = 1440
+    min_pixels: int = 1280 * 1280
+    max_pixels: int = 1440 * 1440
+    min_aspect: Fraction = Fraction(1, 4)
+    max_aspect: Fraction = Fraction(4)
+    recommended: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def size_error(self, size: Size) -> str | None:
+        """Why this model refuses the size, in words for the form; None when it is fine."""
+        if self.rule == "sides":
+            if not (self.min_side <= size.width <= self.max_side) or not (
+                self.min_side <= size.height <= self.max_side
+            ):
+                return (
+                    f"{self.label} needs each side between {self.min_side} and "
+                    f"{self.max_side} pixels; {size.width}×{size.height} is outside."
+                )
+            return None
+        pixels = size.width * size.height
+        if not self.min_pixels <= pixels <= self.max_pixels:
+            return (
+                f"{self.label} needs between {self.min_pixels:,} and {self.max_pixels:,} "
+                f"pixels in all (e.g. 1280×1280 to 1440×1440); "
+                f"{size.width}×{size.height} is {pixels:,}."
+            )
+        if not self.min_aspect <= Fraction(size.width, size.height) <= self.max_aspect:
+            return f"{self.label} allows shapes from 1:4 to 4:1; {size.width}×{size.height} is not."
+        return None
+
+    def calls_for(self, n: int) -> list[int]:
+        """How many images each API call asks for, to make n in all."""
+        return [min(self.per_call, n - start) for start in range(0, n, self.per_call)]
+
+    @property
+    def default_size(self) -> Size:
+        return self.presets[0]
+
+
+def _sizes(*texts: str) -> tuple[Size, ...]:
+    return tuple(Size.parse(text) for text in texts)
+
+
+SIDE_PRESETS = _sizes("1024*1024", "1280*1280", "1280*960", "960*1280", "1280*720", "720*1280", "1440*1440")
+AREA_PRESETS = _sizes("1280*1280", "1440*1440", "1600*1200", "1200*1600", "1920*1080", "1080*1920", "768*2700")
+# Upstream documents fixed sizes for Qwen-Image; the spec's side rule wins, so only those
+# of its presets that also respect [512, 1440] are offered, with squares first.
+QWEN_PRESETS = _sizes("1328*1328", "1024*1024", "1440*1080", "1080*1440", "1440*810", "810*1440")
+
+DEFAULT_MODELS = (
+    ModelSpec("wan2.6-t2i", "Wan 2.6", "area", 2100, presets=AREA_PRESETS, recommended=True),
+    ModelSpec("wan2.5-t2i-preview", "Wan 2.5 preview", "area", 2000, presets=AREA_PRESETS, recommended=True),
+    ModelSpec("qwen-image-plus", "Qwen-Image Plus", "sides", 800, per_call=1, presets=QWEN_PRESETS),
+    ModelSpec("qwen-image-max", "Qwen-Image Max", "sides", 800, per_call=1, presets=QWEN_PRESETS),
+    ModelSpec("wan2.2-t2i-flash", "Wan 2.2 Flash", "sides", 500, presets=SIDE_PRESETS),
+    ModelSpec("wan2.2-t2i-plus", "Wan 2.2 Plus", "sides", 500, presets=SIDE_PRESETS),
+    ModelSpec("wanx2.1-t2i-turbo", "Wanx 2.1 Turbo", "sides", 500, presets=SIDE_PRESETS),
+    ModelSpec("wanx2.1-t2i-plus", "Wanx 2.1 Plus", "sides", 500, presets=SIDE_PRESETS),
+    ModelSpec("wanx2.0-t2i-turbo", "Wanx 2.0 Turbo", "sides", 500, presets=SIDE_PRESETS),
+)
+
+_OVERRIDABLE = {
+    "label": str, "rule": str, "prompt_max": int, "per_call": int, "min_side": int,
+    "max_side": int, "min_pixels": int, "max_pixels": int, "recommended": bool,
+}
+
+
+def _apply(base: ModelSpec | None, name: str, entry: dict) -> ModelSpec:
+    changes = {}
+    for key, value in entry.items():
+        if key in _OVERRIDABLE:
+            if not isinstance(value, _OVERRIDABLE[key]):
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} has the wrong type")
+            changes[key] = value
+        elif key in {"min_aspect", "max_aspect"}:
+            changes[key] = Fraction(str(value))
+        elif key == "presets":
+            changes[key] = _sizes(*value)
+        else:
+            raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name} has an unknown field {key!r}")
+    if base is None:
+        changes.setdefault("label", name)
+        changes.setdefault("rule", "sides")
+        changes.setdefault("prompt_max", 500)
+        base = ModelSpec(name=name, **{k: changes.pop(k) for k in ("label", "rule", "prompt_max")})
+    return replace(base, **changes)
+
+
+def _check(spec: ModelSpec) -> None:
+    if spec.rule not in {"sides", "area"}:
+        raise ImproperlyConfigured(f"Catalog: {spec.name} has rule {spec.rule!r}; use sides or area")
+    if not spec.presets:
+        raise ImproperlyConfigured(f"Catalog: {spec.name} has no size presets")
+    if not 1 <= spec.per_call <= MAX_IMAGES:
+        raise ImproperlyConfigured(f"Catalog: {spec.name} per_call must be 1 to {MAX_IMAGES}")
+    for size in spec.presets:
+        if error := spec.size_error(size):
+            raise ImproperlyConfigured(f"Catalog: preset {size} of {spec.name} breaks its own rule: {error}")
+
+
+def build_catalog(overrides: dict | None = None) -> dict[str, ModelSpec]:
+    models = {spec.name: spec for spec in DEFAULT_MODELS}
+    overrides = overrides or {}
+    for name, entry in overrides.get("models", {}).items():
+        models[name] = _apply(models.get(name), name, entry)
+    for name in overrides.get("hidden", []):
+        models.pop(name, None)
+    for spec in models.values():
+        _check(spec)
+    if not models:
+        raise ImproperlyConfigured("Catalog: every model is hidden")
+    return models
+
+
+@cache
+def catalog() -> dict[str, ModelSpec]:
+    if not settings.QWEN_CATALOG_FILE:
+        return build_catalog()
+    path = Path(settings.QWEN_CATALOG_FILE)
+    try:
+        overrides = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ImproperlyConfigured(f"QWEN_CATALOG_FILE {path} cannot be read: {error}") from None
+    return build_catalog(overrides)
+
+
+def get_model(name: str) -> ModelSpec | None:
+    return catalog().get(name)
+
+
+def default_model() -> ModelSpec:
+    models = catalog()
+    return next((spec for spec in models.values() if spec.recommended), next(iter(models.values())))

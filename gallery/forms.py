@@ -1,0 +1,111 @@
+import secrets
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from gallery.catalog import MAX_IMAGES, MAX_SEED, NEGATIVE_PROMPT_MAX, Size, catalog, default_model, get_model
+from gallery.models import Generation
+
+CUSTOM = "custom"
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(spec.name, f"{spec.label} · {_('recommended')}" if spec.recommended else spec.label)
+            for spec in catalog().values()]
+
+
+def size_choices(model_name: str | None) -> list[tuple[str, str]]:
+    spec = get_model(model_name or "") or default_model()
+    presets = [(str(size), f"{size.width} × {size.height}  ({size.aspect_label})") for size in spec.presets]
+    return [*presets, (CUSTOM, _("Custom…"))]
+
+
+class GenerateForm(forms.Form):
+    prompt = forms.CharField(
+        label=_("Prompt"), strip=True,
+        widget=forms.Textarea(attrs={"rows": 5, "placeholder": _("一只小猫在草地上奔跑，电影感，自然光影"),
+                                     "autofocus": True}),
+        error_messages={"required": _("Write a prompt: it tells the model what to make.")},
+    )
+    negative_prompt = forms.CharField(
+        label=_("Negative prompt"), required=False, strip=True,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": _("blurry, low quality")}),
+    )
+    model = forms.ChoiceField(label=_("Model"), choices=model_choices)
+    # Any W*H is accepted here and judged by the chosen model's rule in clean().
+    size = forms.CharField(label=_("Size"), widget=forms.Select)
+    width = forms.IntegerField(label=_("Width"), required=False, min_value=1, max_value=10000)
+    height = forms.IntegerField(label=_("Height"), required=False, min_value=1, max_value=10000)
+    n = forms.IntegerField(
+        label=_("Number of images"), initial=1, min_value=1, max_value=MAX_IMAGES,
+        error_messages={"min_value": _("Ask for 1 to 4 images."), "max_value": _("Ask for 1 to 4 images."),
+                        "required": _("Ask for 1 to 4 images."), "invalid": _("Ask for 1 to 4 images.")},
+    )
+    seed = forms.IntegerField(
+        label=_("Seed"), required=False, min_value=0, max_value=MAX_SEED,
+        help_text=_("Leave empty for a random seed; the studio records the one it used."),
+        error_messages={"min_value": _("A seed is a whole number from 0 to 2147483647."),
+                        "max_value": _("A seed is a whole number from 0 to 2147483647."),
+                        "invalid": _("A seed is a whole number from 0 to 2147483647.")},
+    )
+    prompt_extend = forms.BooleanField(
+        label=_("Prompt extend"), required=False, initial=True,
+        help_text=_("Let the provider enrich the prompt; its version is shown beside yours."),
+    )
+    watermark = forms.BooleanField(label=_("Watermark"), required=False, initial=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        model_name = self.data.get("model") if self.is_bound else self.initial.get("model")
+        self.spec = get_model(model_name or "") or default_model()
+        self.fields["size"].widget.choices = size_choices(self.spec.name)
+        self.fields["prompt"].widget.attrs["data-limit"] = self.spec.prompt_max
+        self.fields["negative_prompt"].widget.attrs["data-limit"] = NEGATIVE_PROMPT_MAX
+        if not self.is_bound:
+            self.initial.setdefault("model", self.spec.name)
+            self.initial.setdefault("size", str(self.spec.default_size))
+
+    def clean_negative_prompt(self) -> str:
+        text = self.cleaned_data["negative_prompt"]
+        if len(text) > NEGATIVE_PROMPT_MAX:
+            raise forms.ValidationError(
+                _("The negative prompt is %(length)d characters; the limit is %(limit)d."),
+                params={"length": len(text), "limit": NEGATIVE_PROMPT_MAX})
+        return text
+
+    def clean(self):
+        cleaned = super().clean()
+        spec = get_model(cleaned.get("model") or "")
+        if spec is None:
+            return cleaned
+        prompt = cleaned.get("prompt") or ""
+        if len(prompt) > spec.prompt_max:
+            self.add_error("prompt", _("The prompt is %(length)d characters; %(model)s takes at most %(limit)d.")
+                           % {"length": len(prompt), "model": spec.label, "limit": spec.prompt_max})
+        if cleaned.get("size") == CUSTOM:
+            width, height = cleaned.get("width"), cleaned.get("height")
+            if not width or not height:
+                self.add_error("size", _("Give both a width and a height for a custom size."))
+                return cleaned
+            size = Size(width, height)
+        elif cleaned.get("size"):
+            try:
+                size = Size.parse(cleaned["size"])
+            except ValueError:
+                self.add_error("size", _("Choose a size from the list, or Custom with a width and height."))
+                return cleaned
+        else:
+            return cleaned
+        if error := spec.size_error(size):
+            self.add_error("size", error)
+        cleaned["size_value"] = size
+        return cleaned
+
+    def create_generation(self, owner) -> Generation:
+        data = self.cleaned_data
+        seed = data["seed"] if data.get("seed") is not None else secrets.randbelow(MAX_SEED + 1)
+        return Generation.objects.create(
+            owner=owner, prompt=data["prompt"], negative_prompt=data["negative_prompt"], model=data["model"],
+            width=data["size_value"].width, height=data["size_value"].height, n=data["n"], seed=seed,
+            prompt_extend=data["prompt_extend"], watermark=data["watermark"],
+        )

@@ -1,0 +1,71 @@
+"""Where images live. The only module that knows whether that is S3 or a folder.
+
+Keys are deterministic (`generations/<uuid>/<index>.png`), so writing one twice
+overwrites rather than duplicates: a repeated task is harmless.
+"""
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage, default_storage
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect
+
+CONTENT_TYPES = {".png": "image/png", ".webp": "image/webp"}
+
+
+class StorageError(Exception):
+    """Storage could not be reached or refused a write; worth retrying later."""
+
+
+def original_key(generation_id, index: int) -> str:
+    return f"generations/{generation_id}/{index}.png"
+
+
+def rendition_key(generation_id, index: int, spec: str) -> str:
+    return f"generations/{generation_id}/{index}.{spec}.webp"
+
+
+def _is_local() -> bool:
+    return isinstance(default_storage, FileSystemStorage)
+
+
+def put(key: str, data: bytes) -> None:
+    content = ContentFile(data)
+    content.content_type = CONTENT_TYPES.get(key[key.rfind("."):], "application/octet-stream")
+    try:
+        saved = default_storage.save(key, content)
+    except Exception as error:  # botocore, OSError: all mean "not stored, try again"
+        raise StorageError(f"could not store {key}: {type(error).__name__}") from error
+    if saved != key:
+        raise StorageError(f"storage renamed {key} to {saved}")
+
+
+def read(key: str) -> bytes:
+    with default_storage.open(key, "rb") as handle:
+        return handle.read()
+
+
+def exists(key: str) -> bool:
+    return default_storage.exists(key)
+
+
+def delete(keys: list[str]) -> None:
+    for key in keys:
+        default_storage.delete(key)
+
+
+def serve(key: str, download_name: str | None = None) -> HttpResponse:
+    """A response that gets the browser the file: a short-lived signed URL, or the bytes."""
+    if _is_local():
+        response = FileResponse(default_storage.open(key, "rb"), as_attachment=bool(download_name),
+                                filename=download_name or "",
+                                content_type=CONTENT_TYPES.get(key[key.rfind("."):]))
+        response["Cache-Control"] = "private, max-age=86400, immutable"
+        return response
+    parameters = {}
+    if download_name:
+        parameters["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+    url = default_storage.url(key, parameters=parameters or None)
+    response = HttpResponseRedirect(url)
+    # The signed URL stays valid longer than this, so the browser may reuse the redirect.
+    response["Cache-Control"] = f"private, max-age={max(settings.AWS_QUERYSTRING_EXPIRE // 2, 30)}"
+    return response
