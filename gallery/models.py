@@ -17,7 +17,8 @@ class GenerationQuerySet(models.QuerySet):
         now = timezone.now()
         quiet = now - timedelta(seconds=settings.QWEN_REQUEUE_AFTER)
         return self.filter(
-            Q(status=Generation.Status.QUEUED) | Q(status=Generation.Status.RUNNING, lease_until__lt=now),
+            Q(status=Generation.Status.QUEUED)
+            | Q(Q(lease_until__lt=now) | Q(lease_until__isnull=True), status=Generation.Status.RUNNING),
             updated__lt=quiet,
         )
 
@@ -112,7 +113,8 @@ class Generation(models.Model):
     def claim(self, lease: timedelta) -> bool:
         """Take the job for this worker; False when another worker holds it or it is over."""
         now = timezone.now()
-        claimable = Q(status=self.Status.QUEUED) | Q(status=self.Status.RUNNING, lease_until__lte=now)
+        lease_over = Q(lease_until__lte=now) | Q(lease_until__isnull=True)
+        claimable = Q(status=self.Status.QUEUED) | Q(lease_over, status=self.Status.RUNNING)
         taken = Generation.objects.filter(claimable, pk=self.pk).update(
             status=self.Status.RUNNING, lease_until=now + lease,
             started_at=Coalesce(F("started_at"), now), updated=now,

@@ -56,8 +56,8 @@ class Sim:
     def __init__(self, url: str):
         self.url = url
 
-    def fault(self, type_: str, **options) -> None:
-        requests.post(f"{self.url}/_sim/faults", json={"faults": [{"type": type_, **options}]},
+    def fault(self, type: str, **options) -> None:
+        requests.post(f"{self.url}/_sim/faults", json={"faults": [{"type": type, **options}]},
                       timeout=5).raise_for_status()
 
     def calls(self) -> list[dict]:

@@ -1,0 +1,365 @@
+"""HTTP front of the simulator: routing, auth, concurrency limit, files and control endpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from . import generate, paint
+from .faults import FaultQueue, FaultSpecError
+from .rules import ApiError, validate
+from .store import HUGE_BODY_BYTES, PNG_SIGNATURE, ImageStore, bomb_png, now
+
+GENERATION_PATH = "/v1/images/generations"
+_CHUNK = 64 * 1024
+_NOT_JSON = object()
+
+
+@dataclass
+class Config:
+    api_key: str | None = None
+    public_url: str | None = None
+    url_ttl: int = 86400
+    max_concurrent: int = 2  # 0 means unlimited
+    latency: float = 0.0
+    extend_delay: float = 0.0
+    quiet: bool = False
+
+    @classmethod
+    def from_env(cls, overrides: dict[str, Any]) -> Config:
+        """Defaults, then APISIM_* environment variables, then explicit keyword overrides."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise TypeError(f"unknown apisim config: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            raw = os.environ.get(f"APISIM_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if f.type in ("bool", bool):
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif f.type in ("int", int):
+                values[name] = int(raw)
+            elif f.type in ("float", float):
+                values[name] = float(raw)
+            else:
+                values[name] = raw
+        values.update(overrides)
+        return cls(**values)
+
+    def updated(self, changes: Any) -> Config:
+        """A copy with runtime-adjustable fields changed, type-checked (for POST /_sim/config)."""
+        if not isinstance(changes, dict):
+            raise TypeError("body must be a JSON object")
+        for key, value in changes.items():
+            kinds = _RUNTIME_FIELDS.get(key)
+            if kinds is None:
+                raise ValueError(f"{key!r} cannot be changed; allowed: {', '.join(_RUNTIME_FIELDS)}")
+            if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+                raise TypeError(f"{key} has the wrong type: {value!r}")
+        return dataclasses.replace(self, **changes)
+
+
+_RUNTIME_FIELDS: dict[str, tuple[type, ...]] = {
+    "max_concurrent": (int,), "latency": (int, float), "extend_delay": (int, float),
+    "url_ttl": (int,), "api_key": (str, type(None)), "quiet": (bool,),
+}
+
+
+class SimState:
+    def __init__(self, config: Config) -> None:
+        self.initial_config = dataclasses.replace(config)
+        self.config = config
+        self.store = ImageStore()
+        self.faults = FaultQueue()
+        self.calls: list[dict[str, Any]] = []
+        self.downloads: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self.lock:
+            limit = self.config.max_concurrent
+            if limit > 0 and self.in_flight >= limit:
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def record_call(self, body: Any) -> dict[str, Any]:
+        body = body if isinstance(body, dict) else {}
+        call = {"model": body.get("model"), "prompt": body.get("prompt", body.get("content")),
+                "parameters": body.get("parameters"), "status": None, "fault": None, "at": time.time()}
+        with self.lock:
+            self.calls.append(call)
+        return call
+
+    def record_download(self, token: str, status: int, sent: int) -> None:
+        with self.lock:
+            self.downloads.append({"token": token, "status": status, "bytes": sent, "at": time.time()})
+
+    def snapshot(self, what: str) -> dict[str, Any]:
+        # Copy under the lock, serialise outside it, so a slow reader never blocks generation.
+        with self.lock:
+            if what == "calls":
+                return {"calls": [dict(call) for call in self.calls]}
+            if what == "downloads":
+                return {"downloads": [dict(item) for item in self.downloads]}
+            config = dataclasses.asdict(self.config) | {"api_key": bool(self.config.api_key)}
+            return {"in_flight": self.in_flight, "config": config}
+
+    def reset(self) -> None:
+        self.faults.clear()
+        with self.lock:
+            self.calls.clear()
+            self.downloads.clear()
+            self.config = dataclasses.replace(self.initial_config)
+
+
+def oss_error(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n  <Code>{code}</Code>\n'
+            f"  <Message>{message}</Message>\n  <RequestId>{os.urandom(12).hex().upper()}</RequestId>\n"
+            f"  <HostId>apisim</HostId>\n</Error>\n").encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "apisim/1.0"
+    server: SimServer
+
+    @property
+    def state(self) -> SimState:
+        return self.server.state
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # One line per request; the path only, never headers (the Authorization header stays private).
+        if not self.state.config.quiet:
+            path = urlsplit(self.path).path
+            sys.stderr.write(f"apisim {self.address_string()} {self.command} {path} {code}\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if not self.state.config.quiet:
+            sys.stderr.write(f"apisim {self.address_string()} {format % args}\n")
+
+    def send_body(self, status: int, body: bytes, content_type: str,
+                  headers: dict[str, str] | None = None, head: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_body(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+                       "application/json", headers)
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def read_json(self) -> Any:
+        try:
+            return json.loads(self.read_body() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def do_GET(self) -> None:
+        self.route_get(head=False)
+
+    def do_HEAD(self) -> None:
+        self.route_get(head=True)
+
+    def route_get(self, head: bool) -> None:
+        url = urlsplit(self.path)
+        if url.path.startswith("/files/"):
+            self.serve_file(url.path[len("/files/"):], parse_qs(url.query), head)
+        elif url.path == "/healthz":
+            self.send_body(200, b"ok", "text/plain; charset=utf-8", head=head)
+        elif url.path in ("/_sim/calls", "/_sim/downloads", "/_sim/state"):
+            self.send_json(200, self.state.snapshot(url.path.rsplit("/", 1)[1]))
+        elif url.path == "/_sim/faults":
+            self.send_json(200, {"faults": self.state.faults.snapshot()})
+        elif url.path == GENERATION_PATH:
+            self.send_json(405, generate.error_body("MethodNotAllowed", "use POST", None, 405))
+        else:
+            self.send_json(404, generate.error_body("NotFound", f"no route for {url.path}", None, 404))
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        if path == GENERATION_PATH:
+            self.handle_generation()
+        elif path == "/_sim/faults":
+            self.handle_add_faults()
+        elif path == "/_sim/reset":
+            self.read_body()
+            self.state.reset()
+            self.send_json(200, {"ok": True})
+        elif path == "/_sim/config":
+            self.handle_config()
+        else:
+            self.read_body()
+            self.send_json(404, generate.error_body("NotFound", f"no route for {path}", None, 404))
+
+    def handle_add_faults(self) -> None:
+        body = self.read_json()
+        try:
+            queued = self.state.faults.add(body.get("faults") if isinstance(body, dict) else body)
+        except FaultSpecError as exc:
+            self.send_json(400, generate.error_body("InvalidParameter", str(exc), "faults"))
+            return
+        self.send_json(200, {"queued": queued})
+
+    def handle_config(self) -> None:
+        body = self.read_json()
+        try:
+            updated = self.state.config.updated(body)
+        except (TypeError, ValueError) as exc:
+            self.send_json(400, generate.error_body("InvalidParameter", str(exc), None))
+            return
+        with self.state.lock:
+            self.state.config = updated
+        self.send_json(200, {"ok": True})
+
+    def check_auth(self) -> None:
+        scheme, _, token = (self.headers.get("Authorization") or "").strip().partition(" ")
+        token = token.strip()
+        expected = self.state.config.api_key
+        if scheme.lower() != "bearer" or not token or (
+                expected and not hmac.compare_digest(token.encode(), expected.encode())):
+            raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
+
+    def handle_generation(self) -> None:
+        raw = self.read_body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            body = _NOT_JSON
+        call = self.state.record_call(body)
+        try:
+            self.check_auth()
+            if body is _NOT_JSON:
+                raise ApiError(400, "InvalidParameter", "request body is not valid JSON")
+            req = validate(body)
+        except ApiError as error:
+            call["status"] = error.status
+            self.answer(generate.error_outcome(error))
+            return
+        if not self.state.try_acquire():
+            call["status"] = 429
+            self.answer(generate.error_outcome(ApiError(
+                429, "Throttling.RateQuota", "Requests rate limit exceeded, too many requests in flight; "
+                "please try again later.", headers={"Retry-After": "1"})))
+            return
+        try:
+            fault = self.state.faults.take(req.prompt)
+            call["fault"] = fault["type"] if fault else None
+            try:
+                outcome = generate.run(self.state, req, fault)
+            except Exception:  # a simulator bug should still look like an upstream 500, not a hang
+                traceback.print_exc()
+                outcome = generate.error_outcome(ApiError(500, "InternalError", "apisim crashed; see its log"))
+            call["status"] = outcome.status
+            self.answer(outcome)
+        finally:
+            self.state.release()
+
+    def answer(self, outcome: generate.Outcome) -> None:
+        if outcome.status is None:
+            self.drop_connection()
+            return
+        self.send_body(outcome.status, outcome.body, outcome.content_type, outcome.headers)
+
+    def drop_connection(self) -> None:
+        self.log_message("%s %s dropped without an answer", self.command, urlsplit(self.path).path)
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def serve_file(self, name: str, query: dict[str, list[str]], head: bool) -> None:
+        token = name[:-len(".png")] if name.endswith(".png") else ""
+        entry = self.state.store.entry(token) if token else None
+        if entry is None:
+            self.file_error(token or name, 404, "NoSuchKey", "The specified key does not exist.", head)
+            return
+        expires_raw = (query.get("Expires") or [""])[0]
+        signature = (query.get("Signature") or [""])[0]
+        if not expires_raw.isdigit() or not self.state.store.signature_ok(token, int(expires_raw), signature):
+            self.file_error(token, 403, "AccessDenied", "The request signature we calculated does not match "
+                            "the signature you provided.", head)
+            return
+        if int(expires_raw) < now():
+            self.file_error(token, 403, "AccessDenied", "Request has expired.", head)
+            return
+        if entry.kind == "huge":
+            self.stream_huge(token, head)
+            return
+        if entry.kind == "not_png":
+            body = paint.to_jpeg(entry.prompt, entry.seed, entry.width, entry.height)
+        elif entry.kind == "bomb":
+            body = bomb_png()
+        else:
+            body = self.state.store.png(token, entry)
+        # not_png keeps the image/png label on purpose: clients must sniff the bytes, not trust the header.
+        self.send_body(200, body, "image/png", head=head)
+        self.state.record_download(token, 200, 0 if head else len(body))
+
+    def file_error(self, token: str, status: int, code: str, message: str, head: bool) -> None:
+        self.send_body(status, oss_error(code, message), "application/xml", head=head)
+        self.state.record_download(token, status, 0)
+
+    def stream_huge(self, token: str, head: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(HUGE_BODY_BYTES))
+        self.end_headers()
+        sent = 0
+        if not head:
+            zeros = bytes(_CHUNK)
+            try:
+                self.wfile.write(PNG_SIGNATURE)
+                sent = len(PNG_SIGNATURE)
+                while sent < HUGE_BODY_BYTES:
+                    chunk = zeros[:min(_CHUNK, HUGE_BODY_BYTES - sent)]
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                self.close_connection = True
+        self.state.record_download(token, 200, sent)
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], config: Config) -> None:
+        super().__init__(address, Handler)
+        self.state = SimState(config)
+        if not config.public_url:
+            host, port = self.server_address[:2]
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # a wildcard bind is not a fetchable host
+            self.state.initial_config.public_url = self.state.config.public_url = f"http://{host}:{port}"
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0, **config: Any) -> SimServer:
+    """Bind (port 0 picks a free port) without serving; call serve_forever() in a thread or process."""
+    return SimServer((host, port), Config.from_env(config))

@@ -1,0 +1,263 @@
+"""The worker's path against real services: apisim over HTTP, moto's S3, Redis and a Celery worker."""
+
+import hashlib
+import io
+import time
+
+from datetime import timedelta
+
+import PIL.Image
+import pytest
+from django.utils import timezone
+
+from gallery import pipeline
+from gallery.models import Generation
+from gallery.tasks import enqueue, run_generation
+from tests.conftest import BUCKET, wait_for
+
+
+def make_generation(owner, **fields) -> Generation:
+    values = {"prompt": "一只小猫在草地上奔跑，电影感", "negative_prompt": "blurry", "model": "wan2.2-t2i-flash",
+              "width": 1024, "height": 768, "n": 1, "seed": 42, "prompt_extend": True, "watermark": False}
+    return Generation.objects.create(owner=owner, **(values | fields))
+
+
+def finished(generation: Generation) -> Generation:
+    def is_finished():
+        generation.refresh_from_db()
+        return generation.is_finished
+    wait_for(is_finished, timeout=60)
+    return generation
+
+
+def generation_calls(sim, generation) -> list[dict]:
+    return [call for call in sim.calls() if call["prompt"] == generation.prompt]
+
+
+def test_generation_stores_originals_thumbnails_and_rows(worker, alice, s3, sim):
+    # given a queued job for two images
+    generation = make_generation(alice, n=2, prompt="a red kite over the sea, 电影感")
+
+    # when the worker runs it
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then both originals are in S3 byte for byte, with WebP thumbnails beside them
+    assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+    images = list(generation.images.prefetch_related("renditions"))
+    assert [image.index for image in images] == [0, 1]
+    for image in images:
+        original = s3.get_object(Bucket=BUCKET, Key=image.file)["Body"].read()
+        assert image.file == f"generations/{generation.pk}/{image.index}.png"
+        assert hashlib.sha256(original).hexdigest() == image.sha256
+        assert len(original) == image.bytes
+        assert PIL.Image.open(io.BytesIO(original)).size == (1024, 768) == (image.width, image.height)
+        assert image.seed == 42 + image.index
+        assert image.revised_prompt and image.revised_prompt != generation.prompt
+        specs = {rendition.spec: rendition for rendition in image.renditions.all()}
+        assert set(specs) == {"grid", "card"}
+        grid = PIL.Image.open(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=specs["grid"].file)["Body"].read()))
+        assert grid.format == "WEBP" and grid.size == (512, 384) == (specs["grid"].width, specs["grid"].height)
+        assert specs["card"].file == f"generations/{generation.pk}/{image.index}.card.webp"
+    assert generation.attempts == 1
+    call, = generation_calls(sim, generation)
+    assert call["parameters"] == {"negative_prompt": "blurry", "prompt_extend": True, "watermark": False,
+                                  "size": "1024*768", "n": 2, "seed": 42}
+
+
+def test_revised_prompt_is_empty_when_prompt_extend_is_off(worker, alice, sim):
+    generation = make_generation(alice, prompt_extend=False)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert generation.images.get().revised_prompt == ""
+
+
+def test_one_image_per_call_model_makes_several_calls_with_distinct_seeds(worker, alice, sim):
+    generation = make_generation(alice, model="qwen-image-plus", width=1328, height=1328, n=3, seed=7,
+                                 prompt="青花瓷茶杯，柔和光线")
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED
+    calls = generation_calls(sim, generation)
+    assert [(c["parameters"]["n"], c["parameters"]["seed"]) for c in calls] == [(1, 7), (1, 8), (1, 9)]
+    assert sorted(generation.images.values_list("seed", flat=True)) == [7, 8, 9]
+
+
+@pytest.mark.parametrize("fault", [
+    {"type": "throttle", "retry_after": 1},
+    {"type": "server_error", "status": 500},
+    {"type": "server_error", "status": 503},
+    {"type": "error_200", "code": "InternalError", "message": "upstream task failed"},
+])
+def test_passing_faults_recover_by_themselves(worker, alice, sim, fault):
+    generation = make_generation(alice, prompt=f"lighthouse at dusk {fault['type']}")
+    sim.fault(match=generation.prompt, **fault)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+    assert generation.images.count() == 1
+    assert len(generation_calls(sim, generation)) == 2
+
+
+def test_throttling_does_not_count_as_a_failed_attempt(worker, alice, sim):
+    generation = make_generation(alice, prompt="throttled twice")
+    sim.fault("throttle", retry_after=1, times=2, match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert generation.retries == 0
+
+
+@pytest.mark.parametrize(("fault", "code", "words"), [
+    ("moderation", "DataInspectionFailed", "content check rejected"),
+    ("invalid_parameter", "InvalidParameter", "refused these settings"),
+    ("quota", "Throttling.AllocationQuota", "quota"),
+    ("auth", "InvalidApiKey", "administrator"),
+    ("arrearage", "Arrearage", "administrator"),
+])
+def test_permanent_faults_fail_once_with_a_designer_message(worker, alice, sim, fault, code, words):
+    generation = make_generation(alice, prompt=f"rejected by {fault}")
+    sim.fault(fault, match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.FAILED
+    assert generation.error_code == code
+    assert words in generation.error_message
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.images.count() == 0
+
+
+def test_moderation_on_a_200_fails_without_retrying(worker, alice, sim):
+    generation = make_generation(alice, prompt="moderated after submission")
+    sim.fault("error_200", code="DataInspectionFailed", message="Output data may contain inappropriate content.",
+              match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.FAILED
+    assert "content check" in generation.error_message
+    assert len(generation_calls(sim, generation)) == 1
+
+
+def test_fewer_images_than_asked_ends_partial_with_what_came(worker, alice, sim, s3):
+    generation = make_generation(alice, n=4, prompt="four cats, two come back")
+    sim.fault("fewer_images", count=2, match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.PARTIAL
+    assert "2 of 4" in generation.error_message
+    assert generation.images.count() == 2
+    for image in generation.images.all():
+        assert s3.head_object(Bucket=BUCKET, Key=image.file)["ContentLength"] == image.bytes
+
+
+def test_malformed_json_is_retried_within_the_unconfirmed_cap(worker, alice, sim):
+    generation = make_generation(alice, prompt="garbled answer once")
+    sim.fault("malformed_json", match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert generation.unconfirmed_calls == 1
+
+
+def test_calls_cut_off_without_answer_stop_at_the_billing_cap(worker, alice, sim, settings):
+    settings.QWEN_MAX_UNCONFIRMED_CALLS = 2
+    generation = make_generation(alice, prompt="dropped every time")
+    sim.fault("drop", after_work=True, times=5, match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.FAILED
+    assert generation.error_code == "NoAnswer"
+    assert "may still have charged" in generation.error_message
+    assert len(generation_calls(sim, generation)) == 2
+
+
+def test_expired_result_urls_fail_with_a_clear_message(worker, alice, sim):
+    generation = make_generation(alice, prompt="links expired")
+    sim.fault("expired_urls", match=generation.prompt)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.FAILED
+    assert "expired" in generation.error_message
+
+
+@pytest.mark.parametrize(("fault", "words"), [
+    ({"type": "foreign_url", "url": "http://images.example.net/cat.png"}, "not on the allowed list"),
+    ({"type": "image_body", "kind": "not_png"}, "not a PNG"),
+    ({"type": "image_body", "kind": "huge"}, "over the size limit"),
+    ({"type": "image_body", "kind": "bomb"}, "impossible size"),
+])
+def test_unsafe_results_are_refused_without_decoding(worker, alice, sim, fault, words):
+    generation = make_generation(alice, prompt=f"unsafe result {fault['kind'] if 'kind' in fault else 'url'}")
+    sim.fault(match=generation.prompt, **fault)
+    enqueue(generation.pk)
+    finished(generation)
+    assert generation.status == Generation.Status.FAILED
+    assert words in generation.error_message
+    assert generation.images.count() == 0
+
+
+def test_a_task_delivered_twice_makes_one_call_and_one_set_of_images(worker, alice, sim, s3):
+    # given one job whose message is delivered twice at once
+    generation = make_generation(alice, n=2, prompt="delivered twice")
+    sim.fault("latency", seconds=1.5, match=generation.prompt)
+
+    # when both deliveries run
+    run_generation.delay(str(generation.pk))
+    run_generation.delay(str(generation.pk))
+    finished(generation)
+    run_generation.delay(str(generation.pk))  # and a late third after it finished
+
+    # then there was one API call and one set of stored images
+    time.sleep(1.5)  # time for the late delivery to be consumed
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.images.count() == 2
+    keys = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"generations/{generation.pk}/")["Contents"]
+    assert len(keys) == 6
+
+
+def test_redelivery_after_an_answered_call_resumes_without_calling_again(transactional_db, alice, sim, s3):
+    # given a worker that saved the answer and then died before storing anything
+    generation = make_generation(alice, n=1, prompt="worker died after the answer")
+    generation.claim(pipeline.lease())
+    pipeline.request_images(generation)
+    assert len(generation_calls(sim, generation)) == 1
+    Generation.objects.filter(pk=generation.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+
+    # when the message is delivered again
+    pipeline.run(str(generation.pk))
+
+    # then the images are stored from the saved answer, and the API was not called again
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.images.count() == 1
+
+
+def test_redelivery_after_a_call_in_flight_counts_it_as_unconfirmed(transactional_db, alice, sim):
+    # given a worker that died while its call was in flight
+    generation = make_generation(alice, prompt="worker died mid-call")
+    Generation.objects.filter(pk=generation.pk).update(status="running", call_in_flight=0, attempts=1,
+                                                       lease_until=timezone.now() - timedelta(seconds=1))
+
+    pipeline.run(str(generation.pk))
+
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert generation.unconfirmed_calls == 1
+    assert generation.attempts == 2
+
+
+def test_sweeper_resends_jobs_whose_message_was_lost(worker, alice, sim, settings):
+    # given a job committed while the broker lost its message
+    generation = make_generation(alice, prompt="message lost")
+    Generation.objects.filter(pk=generation.pk).update(updated=generation.created.replace(year=2020))
+
+    # when the periodic sweeper runs
+    from gallery.tasks import sweep
+    assert sweep() == 1
+
+    # then the job is done
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED
