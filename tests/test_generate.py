@@ -1,0 +1,139 @@
+"""The generate page: sign-in, the form's rules, and what a submit queues."""
+
+import re
+
+import pytest
+from django.test import Client
+from kombu.exceptions import OperationalError
+
+from gallery.models import Generation
+from gallery.tasks import run_generation
+
+VALID = {"prompt": "一只小猫在草地上奔跑", "negative_prompt": "", "model": "wan2.2-t2i-flash",
+         "size": "1024*1024", "n": "1", "seed": "", "prompt_extend": "on"}
+
+
+def errors(response) -> list[str]:
+    return re.findall(r'class="error" role="alert">([^<]*)<', response.content.decode())
+
+
+@pytest.fixture
+def client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def test_the_page_needs_sign_in(db):
+    response = Client().get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_the_form_has_every_labelled_field_and_a_generate_button(client):
+    html = client.get("/").content.decode()
+    for label in ["Prompt", "Negative prompt", "Model", "Size", "Number of images", "Seed", "Prompt extend",
+                  "Watermark"]:
+        assert re.search(rf"<label[^>]*>\s*(<input[^>]*>\s*<span>)?{label}<", html), label
+    assert ">Generate</button>" in html
+
+
+def test_size_choices_follow_the_model(client):
+    html = client.get("/generate/sizes/", {"model": "wan2.6-t2i"}).content.decode()
+    sizes = re.findall(r'<option value="(\d+\*\d+)"', html)
+    assert "1280*1280" in sizes and "1024*1024" not in sizes
+    html = client.get("/generate/sizes/", {"model": "qwen-image-plus"}).content.decode()
+    assert re.findall(r'<option value="(\d+\*\d+)"', html)[0] == "1328*1328"
+
+
+def test_a_valid_submit_queues_one_generation_with_a_chosen_seed(client, alice, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post("/", VALID, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    generation = Generation.objects.get()
+    assert generation.owner == alice
+    assert (generation.model, generation.width, generation.height, generation.n) == ("wan2.2-t2i-flash", 1024, 1024, 1)
+    assert 0 <= generation.seed <= 2147483647
+    assert generation.prompt_extend is True and generation.watermark is False
+    assert len(callbacks) == 1
+    assert f'id="job-{generation.pk}"' in response.content.decode()
+    assert 'hx-swap-oob="afterbegin:#jobs"' in response.content.decode()
+
+
+def test_a_given_seed_and_custom_size_are_kept(client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post("/", VALID | {"seed": "0", "size": "custom", "width": "600", "height": "1400"})
+    generation = Generation.objects.get()
+    assert (generation.seed, generation.width, generation.height) == (0, 600, 1400)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"prompt": ""}, "Write a prompt"),
+    ({"prompt": "   "}, "Write a prompt"),
+    ({"prompt": "猫" * 501}, "The prompt is 501 characters; Wan 2.2 Flash takes at most 500."),
+    ({"model": "wan2.6-t2i", "size": "1280*1280", "prompt": "x" * 2101}, "takes at most 2100"),
+    ({"negative_prompt": "x" * 501}, "the limit is 500"),
+    ({"size": "1920*1080"}, "each side between 512 and 1440"),
+    ({"model": "wan2.6-t2i", "size": "1024*1024"}, "pixels in all"),
+    ({"model": "wan2.6-t2i", "size": "custom", "width": "2900", "height": "700"}, "1:4 to 4:1"),
+    ({"size": "custom", "width": "", "height": ""}, "both a width and a height"),
+    ({"size": "big"}, "Choose a size"),
+    ({"n": "0"}, "1 to 4 images"),
+    ({"n": "5"}, "1 to 4 images"),
+    ({"n": "two"}, "1 to 4 images"),
+    ({"seed": "-1"}, "0 to 2147483647"),
+    ({"seed": "2147483648"}, "0 to 2147483647"),
+    ({"seed": "1.5"}, "0 to 2147483647"),
+    ({"model": "dall-e-3"}, "Select a valid choice"),
+])
+def test_invalid_input_is_refused_with_a_message_and_nothing_queued(client, changes, message,
+                                                                     django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post("/", VALID | changes, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert any(message in error for error in errors(response)), errors(response)
+    assert not Generation.objects.exists()
+    assert callbacks == []
+
+
+def test_invalid_input_without_htmx_gets_the_whole_page_back(client):
+    response = client.post("/", VALID | {"n": "9"})
+    assert response.status_code == 422
+    assert "<html" in response.content.decode()
+    assert not Generation.objects.exists()
+
+
+def test_job_status_stops_polling_once_finished(client, alice):
+    generation = Generation.objects.create(owner=alice, prompt="done", model="wan2.2-t2i-flash", width=1024,
+                                           height=1024, seed=1, status="succeeded")
+    assert client.get(f"/jobs/{generation.pk}/", HTTP_HX_REQUEST="true").status_code == 286
+    Generation.objects.filter(pk=generation.pk).update(status="running")
+    response = client.get(f"/jobs/{generation.pk}/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and 'hx-trigger="every 1s"' in response.content.decode()
+
+
+def test_a_queued_job_can_be_canceled_by_its_owner_only(client, alice, bob):
+    generation = Generation.objects.create(owner=bob, prompt="bob's", model="wan2.2-t2i-flash", width=1024,
+                                           height=1024, seed=1)
+    assert client.post(f"/jobs/{generation.pk}/cancel/").status_code == 404
+    client.force_login(bob)
+    client.post(f"/jobs/{generation.pk}/cancel/")
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.CANCELED
+
+
+def test_a_broker_outage_keeps_the_job_for_the_sweeper(client, monkeypatch, django_capture_on_commit_callbacks):
+    # given a broker that refuses messages, as kombu reports it
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    monkeypatch.setattr(run_generation, "apply_async", broker_down)
+
+    # when a designer submits
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/", VALID, HTTP_HX_REQUEST="true")
+
+    # then they still get the job card, and the job waits in the database for the sweeper
+    assert response.status_code == 200
+    generation = Generation.objects.get()
+    assert f'id="job-{generation.pk}"' in response.content.decode()
+    assert Generation.objects.stuck().count() == 0  # not yet: the sweeper waits QWEN_REQUEUE_AFTER
+    assert generation.status == Generation.Status.QUEUED
