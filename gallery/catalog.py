@@ -135,13 +135,23 @@ def _apply(base: ModelSpec | None, name: str, entry: dict) -> ModelSpec:
     changes = {}
     for key, value in entry.items():
         if key in _OVERRIDABLE:
-            if not isinstance(value, _OVERRIDABLE[key]):
-                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} has the wrong type")
+            wanted = _OVERRIDABLE[key]
+            # bool is an int to Python, but `"prompt_max": true` is a mistake in the file.
+            if not isinstance(value, wanted) or isinstance(value, bool) and wanted is not bool:
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} must be {wanted.__name__}")
             changes[key] = value
         elif key in {"min_aspect", "max_aspect"}:
-            changes[key] = Fraction(str(value))
+            try:
+                changes[key] = Fraction(str(value))
+            except ValueError:
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} must be a number") from None
         elif key == "presets":
-            changes[key] = _sizes(*value)
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.presets must be a list such as [\"1024*1024\"]")
+            try:
+                changes[key] = _sizes(*value)
+            except ValueError as error:
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.presets: {error}") from None
         else:
             raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name} has an unknown field {key!r}")
     if base is None:

@@ -178,8 +178,11 @@ def host_allowed(url: str, allowed: list[str]) -> bool:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         return False
+    try:
+        port = str(parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError:  # a port that is not a number
+        return False
     host = parts.hostname.lower()
-    port = str(parts.port or (443 if parts.scheme == "https" else 80))
     for entry in allowed:
         name, wanted_port = _split_entry(entry.lower())
         if wanted_port and wanted_port != port:

@@ -63,6 +63,7 @@ def backoff(retries: int) -> float:
 def run(generation_id: str) -> None:
     generation = Generation.objects.filter(pk=generation_id).first()
     if generation is None or not generation.claim(lease()):
+        logger.info("generation %s: finished, gone, or held by another worker", generation_id)
         return
     try:
         try:

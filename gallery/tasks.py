@@ -17,7 +17,8 @@ def run_generation(self, generation_id: str) -> None:
     try:
         pipeline.run(generation_id)
     except pipeline.TryLater as later:
-        raise self.retry(countdown=later.seconds) from None
+        # A moment past the job's lease, so that the retry always finds it free to claim.
+        raise self.retry(countdown=later.seconds + 0.5) from None
     except DatabaseError as error:
         logger.warning("generation %s: database unavailable (%s)", generation_id, type(error).__name__)
         raise self.retry(countdown=pipeline.backoff(3)) from None

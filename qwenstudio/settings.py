@@ -46,7 +46,8 @@ def envurl(name: str, default: str) -> str:
     value = envstr(name, default)
     parts = urlsplit(value)
     if not parts.scheme or not parts.netloc:
-        raise ImproperlyConfigured(f"{name} must be a URL such as {default!r}, not {value!r}")
+        # The value is not echoed: a mistyped URL may still hold a password.
+        raise ImproperlyConfigured(f"{name} must be a URL such as {default!r}")
     return value
 
 
@@ -74,7 +75,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -84,6 +84,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+
+if not DEBUG:
+    # Serves collected static files under gunicorn; the dev server does it itself.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "qwenstudio.urls"
 WSGI_APPLICATION = "qwenstudio.wsgi.application"
@@ -107,8 +111,8 @@ TEMPLATES = [
 DATABASE_URL = envurl("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/qwenstudio")
 try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
-except ValueError as error:
-    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {error}") from None
+except ValueError:
+    raise ImproperlyConfigured("DATABASE_URL is not a database URL such as postgres://user@host:5432/name") from None
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -22,6 +22,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_BROKER = "redis://127.0.0.1:6379/15"
+# A queue of this run's own: two runs on one machine must not take each other's jobs.
+TEST_QUEUE = f"qwenstudio-test-{os.getpid()}"
 BUCKET = "qwenstudio-test"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -71,6 +73,14 @@ class Sim:
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """A test database of this run's own, so that two runs on one machine don't collide."""
+    from django.conf import settings
+
+    settings.DATABASES["default"]["TEST"]["NAME"] = f"test_qwenstudio_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     (ROOT / "var").mkdir(exist_ok=True)
     port = free_port()
@@ -100,6 +110,7 @@ def sim_url():
 def studio_settings(s3_endpoint, sim_url):
     """Point the studio at the test services for the whole session."""
     celery_app.conf.broker_url = TEST_BROKER
+    celery_app.conf.task_default_queue = TEST_QUEUE
     overrides = override_settings(
         ALLOWED_HOSTS=["testserver", "localhost", "127.0.0.1"],
         STORAGES={"default": {"BACKEND": "storages.backends.s3.S3Storage"},
@@ -122,22 +133,15 @@ def sim(sim_url):
     control.reset()
 
 
-@pytest.fixture
-def broker():
-    client = redis.Redis.from_url(TEST_BROKER)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
 @pytest.fixture(scope="session")
 def celery_worker_session(studio_settings):
     from celery.contrib.testing.worker import start_worker
 
-    redis.Redis.from_url(TEST_BROKER).flushdb()
+    redis.Redis.from_url(TEST_BROKER).delete(TEST_QUEUE)
     with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False,
                       shutdown_timeout=15, loglevel="WARNING") as worker:
         yield worker
+    redis.Redis.from_url(TEST_BROKER).delete(TEST_QUEUE)
 
 
 @pytest.fixture

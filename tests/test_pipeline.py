@@ -261,3 +261,25 @@ def test_sweeper_resends_jobs_whose_message_was_lost(worker, alice, sim, setting
     # then the job is done
     finished(generation)
     assert generation.status == Generation.Status.SUCCEEDED
+
+
+def test_a_storage_outage_waits_and_resumes_without_calling_again(worker, alice, sim, settings):
+    # given storage that can't be reached when the answer comes back
+    working = settings.STORAGES
+    settings.STORAGES = working | {"default": working["default"] | {"OPTIONS": {"endpoint_url": "http://127.0.0.1:9"}}}
+    generation = make_generation(alice, prompt="storage is down for a moment")
+    enqueue(generation.pk)
+
+    def waiting_for_storage():
+        generation.refresh_from_db()
+        return generation.retries >= 1 and "storage" in generation.status_detail
+    wait_for(waiting_for_storage)
+
+    # when storage comes back
+    settings.STORAGES = working
+    finished(generation)
+
+    # then the saved answer is used: one API call, and the image is stored
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.images.count() == 1
