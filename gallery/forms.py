@@ -10,7 +10,7 @@ CUSTOM = "custom"
 
 
 def model_choices() -> list[tuple[str, str]]:
-    return [(spec.name, f"{spec.label} · {_('recommended')}" if spec.recommended else spec.label)
+    return [(spec.name, _("%(label)s · recommended") % {"label": spec.label} if spec.recommended else spec.label)
             for spec in catalog().values()]
 
 

@@ -111,3 +111,11 @@ def test_a_failed_job_says_why_in_the_card(worker, signed_in_page, sim):
     expect(card).to_have_attribute("data-status", "failed", timeout=30000)
     expect(card.locator(".job-error")).to_contain_text("content check rejected this prompt")
     shoot(page, "generate-failed")
+
+
+def test_the_language_switch_turns_the_studio_chinese(signed_in_page):
+    page = signed_in_page
+    page.get_by_label("Language").select_option("zh-hans")
+    expect(page.get_by_role("button", name="生成")).to_be_visible()
+    expect(page.get_by_label("提示词", exact=True)).to_be_visible()
+    shoot(page, "generate-zh")

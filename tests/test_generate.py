@@ -137,3 +137,15 @@ def test_a_broker_outage_keeps_the_job_for_the_sweeper(client, monkeypatch, djan
     assert f'id="job-{generation.pk}"' in response.content.decode()
     assert Generation.objects.stuck().count() == 0  # not yet: the sweeper waits QWEN_REQUEUE_AFTER
     assert generation.status == Generation.Status.QUEUED
+
+
+def test_the_page_speaks_simplified_chinese_when_asked(client):
+    html = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-CN,zh;q=0.9").content.decode()
+    for label in ["提示词", "反向提示词", "模型", "尺寸", "图片数量", "种子", "智能改写", "水印"]:
+        assert f">{label}<" in html, label
+    assert ">生成</button>" in html
+
+
+def test_a_form_error_speaks_the_designers_language(client):
+    response = client.post("/", VALID | {"n": "7"}, HTTP_HX_REQUEST="true", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "请选择 1 到 4 张图片。" in errors(response)
