@@ -10,6 +10,7 @@ import base64
 import binascii
 import email.utils
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -90,7 +91,14 @@ def build_request(*, model: str, prompt: str, negative_prompt: str, size: str, n
     return {"model": model, "prompt": prompt, "parameters": parameters}
 
 
-_session = requests.Session()
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One pooled session per thread: workers and the image threads each keep their own."""
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+    return _local.session
 
 
 def generate(body: dict) -> Answer:
@@ -98,7 +106,7 @@ def generate(body: dict) -> Answer:
     url = settings.QWEN_API_BASE_URL.rstrip("/") + "/v1/images/generations"
     headers = {"Authorization": f"Bearer {settings.QWEN_API_KEY}"}
     try:
-        response = _session.post(url, json=body, headers=headers,
+        response = _session().post(url, json=body, headers=headers,
                                  timeout=(settings.QWEN_CONNECT_TIMEOUT, settings.QWEN_READ_TIMEOUT))
     except requests.ConnectTimeout:
         raise ApiError(ErrorKind.TRANSIENT, "ConnectTimeout", "could not reach the provider") from None
@@ -235,7 +243,7 @@ def _download(url: str, limit: int) -> bytes:
         raise DownloadError(f"The image's address ({urlsplit(url).hostname}) is not on the allowed list.",
                             retryable=False)
     try:
-        with _session.get(url, stream=True, allow_redirects=False,
+        with _session().get(url, stream=True, allow_redirects=False,
                           timeout=(settings.QWEN_CONNECT_TIMEOUT, 60)) as response:
             if response.status_code in {403, 404, 410}:
                 raise DownloadError("The image's link had expired before it could be saved.", retryable=False)

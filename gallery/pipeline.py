@@ -17,7 +17,7 @@ from datetime import timedelta
 import PIL.Image
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from gallery import client, storage
@@ -77,13 +77,18 @@ def run(generation_id: str) -> None:
         finish(generation, problems)
     except ApiError as error:
         handle_api_error(generation, error)
-    except (storage.StorageError, NoSlot, redis.RedisError) as error:
+    except NoSlot:
+        retry_later(generation, "Waiting for a free slot with the provider.", random.uniform(2, 5), count=False)
+    except storage.StorageError as error:
         logger.warning("generation %s: %s", generation.pk, error)
-        retry_later(generation, "Waiting for storage or the queue to come back.")
+        retry_later(generation, "Waiting for storage to come back.")
+    except redis.RedisError as error:
+        logger.warning("generation %s: Redis: %s", generation.pk, error)
+        retry_later(generation, "Waiting for the queue to come back.")
     except JobFailed as failure:
         generation.finish(Generation.Status.FAILED, failure.code, failure.message)
-    except TryLater:
-        raise
+    except (TryLater, DatabaseError):
+        raise  # the task retries; a database hiccup must not fail the job
     except Exception:
         logger.exception("generation %s failed unexpectedly", generation.pk)
         generation.finish(Generation.Status.FAILED, "StudioError",
@@ -148,7 +153,9 @@ def handle_api_error(generation: Generation, error: ApiError) -> None:
         return
     if error.kind is ErrorKind.THROTTLED:
         if timezone.now() - generation.created > MAX_THROTTLED_AGE:
-            raise JobFailed(error.code, "The provider stayed too busy for an hour. Please try again later.")
+            generation.finish(Generation.Status.FAILED, error.code,
+                              "The provider stayed too busy for an hour. Please try again later.")
+            return
         seconds = error.retry_after if error.retry_after is not None else backoff(1)
         retry_later(generation, "The provider is busy; waiting our turn.", min(seconds, 300.0), count=False)
     if generation.retries >= MAX_RETRIES:
@@ -162,7 +169,7 @@ def retry_later(generation: Generation, detail: str, seconds: float | None = Non
     retries = generation.retries + 1 if count else generation.retries
     seconds = backoff(retries) if seconds is None else seconds
     generation.save_progress(
-        retries=retries, status_detail=detail, call_in_flight=generation.call_in_flight,
+        retries=retries, status_detail=detail[:300], call_in_flight=generation.call_in_flight,
         lease_until=timezone.now() + timedelta(seconds=seconds),
     )
     raise TryLater(seconds)
