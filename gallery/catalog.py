@@ -177,7 +177,10 @@ def _check(spec: ModelSpec) -> None:
 def build_catalog(overrides: dict | None = None) -> dict[str, ModelSpec]:
     models = {spec.name: spec for spec in DEFAULT_MODELS}
     overrides = overrides or {}
-    for name, entry in overrides.get("models", {}).items():
+    entries = overrides.get("models", {}) if isinstance(overrides, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        raise ImproperlyConfigured('QWEN_CATALOG_FILE must hold {"models": {"<name>": {...}}, "hidden": [...]}')
+    for name, entry in entries.items():
         models[name] = _apply(models.get(name), name, entry)
     for name in overrides.get("hidden", []):
         models.pop(name, None)

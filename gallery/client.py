@@ -232,6 +232,8 @@ def fetch_result(result: Result) -> bytes:
             data = base64.b64decode(result.b64_json, validate=True)
         except (binascii.Error, ValueError):
             raise DownloadError("The provider sent an image that could not be read.", retryable=False) from None
+        if len(data) > limit:
+            raise DownloadError("The provider sent an image over the size limit.", retryable=False)
     else:
         data = _download(result.url, limit)
     check_png(data)

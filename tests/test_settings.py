@@ -1,0 +1,82 @@
+"""Start-up from the environment (qwenstudio/settings.py): a malformed setting stops it with a
+message naming the variable and no secret. Each case runs in a fresh interpreter."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUP = "import django; django.setup()"
+USE_CATALOG = SETUP + "; from gallery.catalog import catalog; catalog()"
+# Secrets a good environment carries; none may ever reach the output.
+SECRETS = {"QWEN_API_KEY": "sk-canary-api-key-1f2e3d", "DJANGO_SECRET_KEY": "canary-django-secret-9a8b7c",
+           "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-5d4c3b"}
+OURS = ("DJANGO_", "QWEN_", "AWS_", "DATABASE_URL", "CELERY_")
+
+
+def start(code: str = SETUP, drop: tuple[str, ...] = (), **variables: str) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(OURS)}
+    env |= {"DJANGO_SETTINGS_MODULE": "qwenstudio.settings", **SECRETS, **variables}
+    for name in drop:
+        env.pop(name)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def assert_refused_naming(process: subprocess.CompletedProcess, variable: str) -> None:
+    output = process.stdout + process.stderr
+    assert process.returncode != 0
+    assert variable in process.stderr.strip().splitlines()[-1], process.stderr
+    assert not [secret for secret in SECRETS.values() if secret in output]
+
+
+def test_good_environment_starts():
+    process = start(USE_CATALOG)
+
+    assert process.returncode == 0, process.stderr
+
+
+def test_debug_off_with_a_secret_key_starts():
+    process = start(DJANGO_DEBUG="false")
+
+    assert process.returncode == 0, process.stderr
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("QWEN_MAX_CONCURRENT", "abc"), ("QWEN_MAX_CONCURRENT", "0"), ("DJANGO_DEBUG", "maybe"),
+    ("DATABASE_URL", "not-a-url"), ("QWEN_API_BASE_URL", "nonsense"),
+])
+def test_malformed_setting_stops_start_up_naming_it(variable, value):
+    assert_refused_naming(start(**{variable: value}), variable)
+
+
+def test_debug_off_without_a_secret_key_stops_start_up():
+    process = start(drop=("DJANGO_SECRET_KEY",), DJANGO_DEBUG="false")
+
+    assert_refused_naming(process, "DJANGO_SECRET_KEY")
+
+
+def test_missing_catalog_file_stops_its_first_use_naming_it(tmp_path):
+    process = start(USE_CATALOG, QWEN_CATALOG_FILE=str(tmp_path / "missing.json"))
+
+    assert_refused_naming(process, "QWEN_CATALOG_FILE")
+
+
+@pytest.mark.parametrize("variable, value", [("DATABASE_URL", "postgres//app:hunter2-canary@db:5432/app"),
+                                             ("CELERY_BROKER_URL", "redis//:hunter2-canary@redis:6379/0")],
+                         ids=["DATABASE_URL", "CELERY_BROKER_URL"])
+def test_malformed_url_never_prints_its_password(variable, value):
+    # given a URL with a password but a typo in its scheme
+    process = start(**{variable: value})
+
+    # then start-up stops, naming the variable but not the password
+    assert_refused_naming(process, variable)
+    assert "hunter2-canary" not in process.stdout + process.stderr
+
+
+def test_a_missing_catalog_file_stops_start_up(tmp_path):
+    process = start(QWEN_CATALOG_FILE=str(tmp_path / "missing.json"))
+    assert_refused_naming(process, "QWEN_CATALOG_FILE")
