@@ -4,7 +4,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from gallery.catalog import MAX_IMAGES, MAX_SEED, NEGATIVE_PROMPT_MAX, Size, catalog, default_model, get_model
-from gallery.models import Generation
+from gallery.models import Generation, Image
 
 CUSTOM = "custom"
 
@@ -109,3 +109,29 @@ class GenerateForm(forms.Form):
             width=data["size_value"].width, height=data["size_value"].height, n=data["n"], seed=seed,
             prompt_extend=data["prompt_extend"], watermark=data["watermark"],
         )
+
+
+class GalleryFilterForm(forms.Form):
+    """The gallery's search box and filters; every field lives in the URL."""
+
+    q = forms.CharField(label=_("Search"), required=False, max_length=200)
+    sort = forms.ChoiceField(label=_("Sort"), required=False,
+                             choices=[("relevance", _("Most relevant")), ("newest", _("Newest"))])
+    model = forms.ChoiceField(label=_("Model"), required=False)
+    shape = forms.ChoiceField(label=_("Shape"), required=False)
+    mine = forms.BooleanField(label=_("Only mine"), required=False)
+    favourites = forms.BooleanField(label=_("Favourites"), required=False)
+    since = forms.DateField(label=_("From"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label=_("To"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [("", _("All models")), *[(s.name, s.label) for s in catalog().values()]]
+        self.fields["shape"].choices = [("", _("Any shape")), *Image.Shape.choices]
+
+    def clean(self):
+        cleaned = super().clean()
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", _("The end date is before the start date."))
+        return cleaned

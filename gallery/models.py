@@ -2,7 +2,9 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -141,8 +143,30 @@ class Generation(models.Model):
                            finished_at=timezone.now())
 
 
+class ImageQuerySet(models.QuerySet):
+    def newest_first(self) -> "ImageQuerySet":
+        return self.order_by("-created", "-id")
+
+    def before(self, created, pk) -> "ImageQuerySet":
+        """The keyset page after (created, pk) in newest-first order."""
+        return self.filter(Q(created__lt=created) | Q(created=created, id__lt=pk))
+
+    def after(self, created, pk) -> "ImageQuerySet":
+        return self.filter(Q(created__gt=created) | Q(created=created, id__gt=pk))
+
+
 class Image(models.Model):
+    class Shape(models.TextChoices):
+        SQUARE = "square", _("Square")
+        LANDSCAPE = "landscape", _("Landscape")
+        PORTRAIT = "portrait", _("Portrait")
+
     generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="images")
+    # Copied from the generation so that gallery filters and pages need no join.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images")
+    model = models.CharField(max_length=64)
+    shape = models.CharField(max_length=16, choices=Shape.choices)
+    search = SearchVectorField(null=True, editable=False)
     index = models.PositiveSmallIntegerField()
     file = models.CharField(max_length=255, help_text="Storage key of the original PNG")
     width = models.PositiveIntegerField()
@@ -153,10 +177,18 @@ class Image(models.Model):
     revised_prompt = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
 
+    objects = ImageQuerySet.as_manager()
+
     class Meta:
         ordering = ["generation", "index"]
         constraints = [
             models.UniqueConstraint(fields=["generation", "index"], name="image_unique_index"),
+        ]
+        indexes = [
+            models.Index(F("created").desc(), F("id").desc(), name="image_newest"),
+            models.Index(F("owner"), F("created").desc(), F("id").desc(), name="image_owner_newest"),
+            models.Index(F("model"), F("created").desc(), F("id").desc(), name="image_model_newest"),
+            GinIndex(fields=["search"], name="image_search"),
         ]
 
     def __str__(self) -> str:
@@ -165,9 +197,30 @@ class Image(models.Model):
     def rendition(self, spec: str) -> "Rendition | None":
         return next((r for r in self.renditions.all() if r.spec == spec), None)
 
+    def delete_with_files(self) -> None:
+        """Delete the row and its files together: if storage fails, the row stays."""
+        from gallery import storage
+
+        keys = [self.file, *self.renditions.values_list("file", flat=True)]
+        with transaction.atomic():
+            self.delete()
+            storage.delete(keys)
+
     @property
     def grid(self) -> "Rendition | None":
         return self.rendition(Rendition.Spec.GRID)
+
+
+class Favourite(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="favourites")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="favourites")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "image"], name="favourite_once")]
+
+    def __str__(self) -> str:
+        return f"{self.user} ♥ {self.image}"
 
 
 class Rendition(models.Model):

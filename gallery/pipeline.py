@@ -17,10 +17,10 @@ from datetime import timedelta
 import PIL.Image
 import redis
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from gallery import client, storage
+from gallery import client, search, storage
 from gallery.client import ApiError, DownloadError, ErrorKind, Result
 from gallery.models import Generation, Image, Rendition
 from gallery.slots import NoSlot, provider_slot
@@ -87,7 +87,7 @@ def run(generation_id: str) -> None:
         retry_later(generation, "Waiting for the queue to come back.")
     except JobFailed as failure:
         generation.finish(Generation.Status.FAILED, failure.code, failure.message)
-    except (TryLater, DatabaseError):
+    except (TryLater, OperationalError, InterfaceError):
         raise  # the task retries; a database hiccup must not fail the job
     except Exception:
         logger.exception("generation %s failed unexpectedly", generation.pk)
@@ -240,13 +240,17 @@ def make_renditions(generation_id, index: int, picture: PIL.Image.Image) -> list
 
 def save_rows(generation: Generation, stored: Stored) -> None:
     with transaction.atomic():
-        image, _ = Image.objects.get_or_create(
+        image, created = Image.objects.get_or_create(
             generation=generation, index=stored.index,
             defaults={
+                "owner_id": generation.owner_id, "model": generation.model, "shape": generation.size.shape,
                 "file": stored.key, "width": stored.width, "height": stored.height, "bytes": stored.size,
                 "sha256": stored.sha256, "seed": stored.seed, "revised_prompt": stored.result.revised_prompt,
             },
         )
+        if created:
+            Image.objects.filter(pk=image.pk).update(search=search.document(
+                generation.prompt, image.revised_prompt, generation.negative_prompt))
         for spec, key, width, height, size in stored.renditions:
             Rendition.objects.get_or_create(
                 image=image, spec=spec, defaults={"file": key, "width": width, "height": height, "bytes": size},

@@ -49,8 +49,11 @@ def exists(key: str) -> bool:
 
 
 def delete(keys: list[str]) -> None:
-    for key in keys:
-        default_storage.delete(key)
+    try:
+        for key in keys:
+            default_storage.delete(key)
+    except Exception as error:  # botocore, OSError: all mean "not deleted, try again"
+        raise StorageError(f"could not delete {key}: {type(error).__name__}") from error
 
 
 def serve(key: str, download_name: str | None = None) -> HttpResponse:

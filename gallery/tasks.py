@@ -3,7 +3,7 @@
 import logging
 
 from celery import shared_task
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from gallery import pipeline
@@ -19,7 +19,7 @@ def run_generation(self, generation_id: str) -> None:
     except pipeline.TryLater as later:
         # A moment past the job's lease, so that the retry always finds it free to claim.
         raise self.retry(countdown=later.seconds + 0.5) from None
-    except DatabaseError as error:
+    except (OperationalError, InterfaceError) as error:
         logger.warning("generation %s: database unavailable (%s)", generation_id, type(error).__name__)
         raise self.retry(countdown=pipeline.backoff(3)) from None
 

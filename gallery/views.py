@@ -1,7 +1,8 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.urls import reverse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -9,8 +10,11 @@ from django_htmx.http import HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
 from gallery import storage
-from gallery.forms import GenerateForm, size_choices
-from gallery.models import Generation, Image
+from gallery import browse, search
+from gallery.catalog import get_model
+from gallery.diff import prompt_diff
+from gallery.forms import CUSTOM, GalleryFilterForm, GenerateForm
+from gallery.models import Favourite, Generation, Image
 from gallery.tasks import enqueue
 
 RECENT_JOBS = 24
@@ -28,7 +32,7 @@ def _recent_jobs(user):
 @require_http_methods(["GET", "POST"])
 def generate(request: HtmxHttpRequest) -> HttpResponse:
     if request.method == "GET":
-        form = GenerateForm(initial=request.GET.dict() if request.GET else None)
+        form = GenerateForm(initial=_reuse(request.GET))
         return render(request, "gallery/generate.html", {"form": form, "jobs": _recent_jobs(request.user)})
     form = GenerateForm(request.POST)
     if not form.is_valid():
@@ -44,6 +48,28 @@ def generate(request: HtmxHttpRequest) -> HttpResponse:
         return redirect("gallery-generate")
     # The form keeps what was typed, so the designer can vary it and generate again.
     return render(request, "gallery/generate.html#form-and-new-job", {"form": form, "job": generation})
+
+
+def _reuse(params) -> dict | None:
+    """Initial form values from an image: ?reuse=<id>&with=prompt|seed|revised."""
+    image_id = params.get("reuse", "")
+    image = Image.objects.select_related("generation").filter(pk=image_id).first() if image_id.isdigit() else None
+    if image is None:
+        return None
+    generation = image.generation
+    initial = {"prompt": generation.prompt, "negative_prompt": generation.negative_prompt,
+               "model": generation.model, "prompt_extend": generation.prompt_extend,
+               "watermark": generation.watermark, "n": generation.n}
+    spec = get_model(generation.model)
+    if spec and generation.size in spec.presets:
+        initial["size"] = str(generation.size)
+    else:
+        initial |= {"size": CUSTOM, "width": generation.width, "height": generation.height}
+    if params.get("with") == "seed":
+        initial |= {"seed": image.seed, "n": 1}
+    elif params.get("with") == "revised" and image.revised_prompt:
+        initial |= {"prompt": image.revised_prompt, "prompt_extend": False}
+    return initial
 
 
 @login_required
@@ -86,3 +112,77 @@ def image_file(request: HtmxHttpRequest, image_id: int, variant: str) -> HttpRes
     if rendition is None:
         raise Http404
     return storage.serve(rendition.file)
+
+
+@login_required
+@require_GET
+def gallery(request: HtmxHttpRequest) -> HttpResponse:
+    form = GalleryFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    query = search.parse(filters.get("q", ""))
+    cursor = browse.Cursor.decode(request.GET.get("cursor", ""))
+    page = browse.page(request.user, filters, query, cursor)
+    favourites = set(Favourite.objects.filter(user=request.user, image__in=page.images)
+                     .values_list("image_id", flat=True))
+    context = {"form": form, "page": page, "query": query, "favourites": favourites,
+               "filters": _without(request.GET, "cursor")}
+    if request.htmx and cursor:
+        return render(request, "gallery/gallery.html#tiles", context)
+    return render(request, "gallery/gallery.html", context)
+
+
+def _without(params, *names: str) -> str:
+    kept = params.copy()
+    for name in names:
+        kept.pop(name, None)
+    return kept.urlencode()
+
+
+@login_required
+@require_GET
+def image_detail(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image.objects.select_related("generation", "owner"), pk=image_id)
+    form = GalleryFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    query = search.parse(filters.get("q", ""))
+    around = browse.filtered(request.user, filters)
+    if not query.is_empty:
+        around = around.filter(search=query.tsquery())
+    newer = around.after(image.created, image.pk).order_by("created", "id").only("id").first()
+    older = around.before(image.created, image.pk).newest_first().only("id").first()
+    siblings = image.generation.images.prefetch_related("renditions").order_by("index")
+    context = {
+        "image": image, "generation": image.generation, "siblings": siblings, "newer": newer, "older": older,
+        "filters": _without(request.GET, "cursor"), "query": query,
+        "is_favourite": Favourite.objects.filter(user=request.user, image=image).exists(),
+        "can_delete": image.owner_id == request.user.pk or request.user.is_staff,
+        "prompt_diff": prompt_diff(image.generation.prompt, image.revised_prompt) if image.revised_prompt else None,
+    }
+    return render(request, "gallery/detail.html", context)
+
+
+@login_required
+@require_POST
+def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    mark, created = Favourite.objects.get_or_create(user=request.user, image=image)
+    if not created:
+        mark.delete()
+    if request.htmx:
+        return render(request, "gallery/detail.html#favourite", {"image": image, "is_favourite": created})
+    return redirect(request.POST.get("next") or reverse("gallery-detail", args=[image.pk]))
+
+
+@login_required
+@require_POST
+def delete_image(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    if image.owner_id != request.user.pk and not request.user.is_staff:
+        return HttpResponseForbidden(_("Only the person who made this image, or staff, can delete it."))
+    try:
+        image.delete_with_files()
+    except storage.StorageError:
+        messages.error(request, _("Storage could not be reached, so nothing was deleted. Please try again."))
+        return redirect("gallery-detail", image.pk)
+    messages.success(request, _("The image and its files were deleted."))
+    return redirect("gallery-index")

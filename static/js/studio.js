@@ -21,3 +21,39 @@
   document.addEventListener("DOMContentLoaded", update);
   document.addEventListener("htmx:afterSettle", update);
 })();
+
+// Copy a prompt to the clipboard from any [data-copy] button.
+document.addEventListener("click", function (event) {
+  var button = event.target.closest("[data-copy]");
+  if (!button) return;
+  var done = function () {
+    var label = button.textContent;
+    button.textContent = button.dataset.copied || "✓";
+    setTimeout(function () { button.textContent = label; }, 1500);
+  };
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(button.dataset.copy).then(done);
+  } else {
+    var area = document.createElement("textarea");
+    area.value = button.dataset.copy;
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+    done();
+  }
+});
+
+// ← and → step between gallery items on a detail page.
+document.addEventListener("keydown", function (event) {
+  if (event.altKey || event.ctrlKey || event.metaKey || event.target.closest("input, textarea, select")) return;
+  var link = event.key === "ArrowLeft" ? document.getElementById("newer")
+           : event.key === "ArrowRight" ? document.getElementById("older") : null;
+  if (link) window.location.href = link.href;
+});
+
+// Gallery filters apply as soon as they change; the search box waits for Enter.
+document.addEventListener("change", function (event) {
+  var form = event.target.closest("form.filters");
+  if (form && event.target.name !== "q") form.requestSubmit();
+});

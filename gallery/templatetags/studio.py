@@ -1,0 +1,9 @@
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def highlight(text: str, query):
+    """text with the words the gallery search matched marked."""
+    return query.highlight(text or "")
