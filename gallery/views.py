@@ -169,7 +169,7 @@ def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
     if not created:
         mark.delete()
     if request.htmx:
-        return render(request, "gallery/detail.html#favourite", {"image": image, "is_favourite": created})
+        return render(request, "gallery/favourite.html", {"image": image, "is_favourite": created})
     return redirect(request.POST.get("next") or reverse("gallery-detail", args=[image.pk]))
 
 

@@ -107,3 +107,16 @@ def test_gallery_screenshots(signed_in_page, alice, width):
     page.goto("/gallery/")
     page.locator("figure.tile").first.hover()
     shoot(page, f"gallery-{width}")
+
+
+def test_a_tile_favourite_toggles_in_place(signed_in_page, alice):
+    image = make_image(alice, "a fox under the moon")
+    page = signed_in_page
+    page.goto("/gallery/")
+    tile = page.locator(f'figure.tile[data-image="{image.pk}"]')
+    tile.hover()
+    tile.get_by_role("button", name="Favourite").click()
+    expect(tile.locator("button.is-on")).to_have_count(1)
+    assert image.favourites.filter(user=alice).exists()
+    page.goto("/gallery/?favourites=on")
+    expect(page.locator("figure.tile")).to_have_count(1)
