@@ -216,16 +216,18 @@ def store_files(generation_id, index: int, seed: int, result: Result) -> Stored:
     """Download, check and store one image and its thumbnails. Touches no database."""
     data = client.fetch_result(result)
     key = storage.original_key(generation_id, index)
-    upload = _uploads.submit(storage.put, key, data)
+    uploads = [_uploads.submit(storage.put, key, data)]
     digest = hashlib.sha256(data).hexdigest()
     with PIL.Image.open(io.BytesIO(data), formats=["PNG"]) as picture:
         width, height = picture.size
-        renditions = make_renditions(generation_id, index, picture)
-    upload.result()
+        renditions = make_renditions(generation_id, index, picture, uploads)
+    for upload in uploads:
+        upload.result()
     return Stored(index, result, seed, key, width, height, len(data), digest, renditions)
 
 
-def make_renditions(generation_id, index: int, picture: PIL.Image.Image) -> list:
+def make_renditions(generation_id, index: int, picture: PIL.Image.Image, uploads: list) -> list:
+    """Encode the WebP thumbnails, largest first; their uploads join `uploads` and run meanwhile."""
     picture = picture.convert("RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB")
     made = []
     for spec, edge in sorted(RENDITION_EDGES.items(), key=lambda item: -item[1]):
@@ -233,28 +235,27 @@ def make_renditions(generation_id, index: int, picture: PIL.Image.Image) -> list
         buffer = io.BytesIO()
         picture.save(buffer, "WEBP", quality=82, method=4)
         key = storage.rendition_key(generation_id, index, spec)
-        storage.put(key, buffer.getvalue())
+        uploads.append(_uploads.submit(storage.put, key, buffer.getvalue()))
         made.append((spec, key, picture.width, picture.height, buffer.tell()))
     return made
 
 
 def save_rows(generation: Generation, stored: Stored) -> None:
     with transaction.atomic():
-        image, created = Image.objects.get_or_create(
+        image, _ = Image.objects.get_or_create(
             generation=generation, index=stored.index,
             defaults={
                 "owner_id": generation.owner_id, "model": generation.model, "shape": generation.size.shape,
                 "file": stored.key, "width": stored.width, "height": stored.height, "bytes": stored.size,
                 "sha256": stored.sha256, "seed": stored.seed, "revised_prompt": stored.result.revised_prompt,
+                "search": search.document(generation.prompt, stored.result.revised_prompt,
+                                          generation.negative_prompt),
             },
         )
-        if created:
-            Image.objects.filter(pk=image.pk).update(search=search.document(
-                generation.prompt, image.revised_prompt, generation.negative_prompt))
-        for spec, key, width, height, size in stored.renditions:
-            Rendition.objects.get_or_create(
-                image=image, spec=spec, defaults={"file": key, "width": width, "height": height, "bytes": size},
-            )
+        Rendition.objects.bulk_create([
+            Rendition(image=image, spec=spec, file=key, width=width, height=height, bytes=size)
+            for spec, key, width, height, size in stored.renditions
+        ], ignore_conflicts=True)
 
 
 def finish(generation: Generation, problems: list[str]) -> None:
