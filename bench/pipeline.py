@@ -2,11 +2,9 @@
 
 Run from the project root: .venv/bin/python bench/pipeline.py [--images 30] [--storage s3|local]
 
-Starts apisim and (for s3) moto's S3 server on free loopback ports, makes each API
-call untimed, then times pipeline.store_results + pipeline.finish for one
-1328×1328 image. The floor is Pillow alone on the same PNG bytes: open, convert,
-the two thumbnails and WebP encodes of pipeline.make_renditions, storage writes
-stubbed out.
+Starts apisim and (for s3) moto's S3 server on free loopback ports, makes each API call
+untimed, then times pipeline.store_results + pipeline.finish for one 1328×1328 image.
+The floor is pipeline.make_renditions on the same PNG bytes with storage writes stubbed out.
 """
 
 import argparse
@@ -14,6 +12,7 @@ import io
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -64,7 +63,6 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(10)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait()
 
 
 def start_services(stack: ExitStack, storage_mode: str, workdir: Path) -> None:
@@ -91,7 +89,7 @@ def start_services(stack: ExitStack, storage_mode: str, workdir: Path) -> None:
 def setup_django(stack: ExitStack, storage_mode: str, workdir: Path) -> None:
     """django.setup(); for local storage, keep the files in a temporary MEDIA_ROOT."""
     sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "qwenstudio.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "qwenstudio.settings"
     os.environ.setdefault("DJANGO_LOG_LEVEL", "WARNING")
     import django
 
@@ -117,7 +115,7 @@ def floor_ms(png: bytes) -> float:
     with mock.patch("gallery.storage.put"):
         started = time.perf_counter()
         with PIL.Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
-            pipeline.make_renditions("bench", 0, picture)
+            pipeline.make_renditions("bench", 0, picture, [])
         return (time.perf_counter() - started) * 1000
 
 
@@ -198,6 +196,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--storage", choices=["s3", "local"], default="s3")
     args = parser.parse_args()
+    if args.images < 1:
+        parser.error("--images must be at least 1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind the ExitStack on kill too
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         with ExitStack() as stack:

@@ -1,9 +1,16 @@
 """Pages of the gallery: filters, search and keyset pagination, never OFFSET.
 
 Newest-first pages continue after the last (created, id) seen, so an image
-that arrives between two pages can neither repeat nor push one out. Relevance
-ranks at most CANDIDATES of the newest matches (ranking every match of a
-common word costs 80–200 ms at 1M rows) and pages on (rank, created, id).
+that arrives between two pages can neither repeat nor push one out.
+
+PostgreSQL misjudges how many rows a search of several lexemes matches (it
+takes them as independent; 青花 and 花瓷 never are), and then either walks the
+whole table newest-first for a query that matches nothing or sorts tens of
+thousands of matches. So a search looks first among the newest WINDOW rows,
+where common words fill a page, and only then asks the GIN index for all
+matches. Relevance ranks the CANDIDATES newest matches (fewer when the
+window already holds a page of them) and pages on (rank, created, id);
+bench/RESULTS.md has the figures at 1M images.
 """
 
 import base64
@@ -12,14 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from django.contrib.postgres.search import SearchRank
+from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
 from gallery.models import Image
 from gallery.search import Query
 
-PAGE_SIZE = 40
-CANDIDATES = 1000
+PAGE_SIZE = 30
+WINDOW = 10_000
+CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -70,25 +79,42 @@ def filtered(user, filters: dict) -> "Image.objects":
 def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
     images = filtered(user, filters)
     if query.is_empty:
-        return _newest(images, cursor)
-    images = images.filter(search=query.tsquery())
+        if cursor:
+            images = images.before(cursor.created, cursor.id)
+        return _page(list(_for_tiles(images.newest_first())[: PAGE_SIZE + 1]))
     if filters.get("sort") == "newest":
-        return _newest(images, cursor)
+        if cursor:
+            images = images.before(cursor.created, cursor.id)
+        ids = matching_ids(images, query, PAGE_SIZE + 1)
+        return _page(_in_order(ids))
     return _relevant(images, query, cursor)
 
 
-def _newest(images, cursor: Cursor | None) -> Page:
-    if cursor:
-        images = images.before(cursor.created, cursor.id)
-    found = list(_for_tiles(images.newest_first())[: PAGE_SIZE + 1])
-    more = len(found) > PAGE_SIZE
-    found = found[:PAGE_SIZE]
-    return Page(found, Cursor(found[-1].created, found[-1].pk).encode() if more else None)
+def matching_ids(images, query: Query, limit: int, enough: int | None = None) -> list[int]:
+    """Ids of the newest matches, newest first: up to `limit`, and from the window alone if it has `enough`."""
+    match_sql, match_params = _compiled(images, query.tsquery())
+    window_sql, window_params = images.newest_first().values("id", "created", "search")[:WINDOW].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT w.id FROM ({window_sql}) w WHERE w.search @@ {match_sql} "
+            "ORDER BY w.created DESC, w.id DESC LIMIT %s",
+            [*window_params, *match_params, limit],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        if len(ids) >= (enough or limit):
+            return ids
+        # Rare in the newest rows: let the GIN index find every match, then take the newest.
+        all_sql, all_params = images.filter(search=query.tsquery()).values("id", "created").query.sql_with_params()
+        cursor.execute(
+            f"WITH m AS MATERIALIZED ({all_sql}) SELECT id FROM m ORDER BY created DESC, id DESC LIMIT %s",
+            [*all_params, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _relevant(images, query: Query, cursor: Cursor | None) -> Page:
-    newest_matches = images.newest_first().values("id")[:CANDIDATES]
-    ranked = (Image.objects.filter(id__in=newest_matches)
+    candidates = matching_ids(images, query, CANDIDATES, enough=PAGE_SIZE + 1)
+    ranked = (Image.objects.filter(id__in=candidates)
               .annotate(rank=SearchRank(F("search"), query.rank_tsquery()))
               .order_by("-rank", "-created", "-id"))
     if cursor and cursor.rank is not None:
@@ -97,11 +123,26 @@ def _relevant(images, query: Query, cursor: Cursor | None) -> Page:
             | Q(rank=cursor.rank, created__lt=cursor.created)
             | Q(rank=cursor.rank, created=cursor.created, id__lt=cursor.id)
         )
-    found = list(_for_tiles(ranked)[: PAGE_SIZE + 1])
+    return _page(list(_for_tiles(ranked)[: PAGE_SIZE + 1]))
+
+
+def _page(found: list[Image]) -> Page:
     more = len(found) > PAGE_SIZE
     found = found[:PAGE_SIZE]
-    last = found[-1] if found else None
-    return Page(found, Cursor(last.created, last.pk, last.rank).encode() if more else None)
+    if not more:
+        return Page(found, None)
+    last = found[-1]
+    return Page(found, Cursor(last.created, last.pk, getattr(last, "rank", None)).encode())
+
+
+def _in_order(ids: list[int]) -> list[Image]:
+    by_id = {image.pk: image for image in _for_tiles(Image.objects.filter(id__in=ids))}
+    return [by_id[pk] for pk in ids if pk in by_id]
+
+
+def _compiled(images, expression) -> tuple[str, list]:
+    query = images.query
+    return query.get_compiler(connection=connection).compile(expression.resolve_expression(query))
 
 
 def _for_tiles(images):

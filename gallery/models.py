@@ -149,10 +149,11 @@ class ImageQuerySet(models.QuerySet):
 
     def before(self, created, pk) -> "ImageQuerySet":
         """The keyset page after (created, pk) in newest-first order."""
-        return self.filter(Q(created__lt=created) | Q(created=created, id__lt=pk))
+        # The plain bound lets PostgreSQL start the index scan there instead of at the newest row.
+        return self.filter(Q(created__lt=created) | Q(created=created, id__lt=pk), created__lte=created)
 
     def after(self, created, pk) -> "ImageQuerySet":
-        return self.filter(Q(created__gt=created) | Q(created=created, id__gt=pk))
+        return self.filter(Q(created__gt=created) | Q(created=created, id__gt=pk), created__gte=created)
 
 
 class Image(models.Model):

@@ -125,10 +125,20 @@ def gallery(request: HtmxHttpRequest) -> HttpResponse:
     favourites = set(Favourite.objects.filter(user=request.user, image__in=page.images)
                      .values_list("image_id", flat=True))
     context = {"form": form, "page": page, "query": query, "favourites": favourites,
-               "filters": _without(request.GET, "cursor")}
+               "filters": _without(request.GET, "cursor"), "urls": _tile_urls(), "labels": _tile_labels()}
     if request.htmx and cursor:
         return render(request, "gallery/gallery.html#tiles", context)
     return render(request, "gallery/gallery.html", context)
+
+
+def _tile_urls() -> dict[str, str]:
+    """Prefixes the tiles append ids to: reversing ~10 URLs for each of 30 tiles cost milliseconds."""
+    return {"detail": reverse("gallery-index"), "generate": reverse("gallery-generate"),
+            "images": reverse("gallery-image-file", args=[0, "grid"]).removesuffix("0/grid/")}
+
+
+def _tile_labels() -> dict[str, str]:
+    return {"reuse": _("Reuse prompt"), "reuse_seed": _("Reuse with seed"), "use_revised": _("Use revised prompt")}
 
 
 def _without(params, *names: str) -> str:
@@ -168,6 +178,9 @@ def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
     mark, created = Favourite.objects.get_or_create(user=request.user, image=image)
     if not created:
         mark.delete()
+    if request.htmx and request.POST.get("tile"):
+        context = {"image": image, "is_favourite": created, "urls": _tile_urls()}
+        return render(request, "gallery/gallery.html#tile-favourite", context)
     if request.htmx:
         return render(request, "gallery/favourite.html", {"image": image, "is_favourite": created})
     return redirect(request.POST.get("next") or reverse("gallery-detail", args=[image.pk]))
