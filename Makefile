@@ -39,6 +39,7 @@ run: db
 	$(VENV)/bin/honcho -f Procfile start web worker beat $(if $(QWEN_API_KEY),,apisim)
 
 test: $(STAMP) services chromium
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: db

@@ -1,4 +1,4 @@
-"""apisim: a standalone HTTP simulator of the image-generation API described in the studio's API contract (shared/API.md)."""
+"""apisim: a standalone HTTP simulator of the image-generation API in the studio's shared/API.md."""
 
 from .server import Config, make_server
 

@@ -6,7 +6,8 @@ Run from the project root, after `manage.py seed_gallery --count 1000000` into t
 
 Each URL is requested once to warm up, then --runs times through django.test.Client, logged in.
 Page 1,000 is requested with the cursor that page 999's `a.more` link carries, built from the
-(created, id) of row PAGE_SIZE × 999 (1-based) found with one query outside the timing. Goals (issue 3): p95 ≤ 30 ms for any gallery page, ≤ 50 ms for search.
+(created, id) of row PAGE_SIZE × 999 (1-based) found with one query outside the timing.
+Goals (issue 3): p95 ≤ 30 ms for any gallery page, ≤ 50 ms for search.
 """
 
 import argparse

@@ -13,8 +13,18 @@ import pytest
 import requests
 
 from gallery.client import (
-    PNG_SIGNATURE, Answer, ApiError, DownloadError, ErrorKind, Result, build_request, check_png,
-    fetch_result, generate, host_allowed, parse_answer,
+    PNG_SIGNATURE,
+    Answer,
+    ApiError,
+    DownloadError,
+    ErrorKind,
+    Result,
+    build_request,
+    check_png,
+    fetch_result,
+    generate,
+    host_allowed,
+    parse_answer,
 )
 from tests.conftest import free_port
 

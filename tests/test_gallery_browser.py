@@ -6,7 +6,7 @@ from playwright.sync_api import expect
 from gallery.browse import PAGE_SIZE
 from gallery.models import Generation, Image
 from gallery.tasks import enqueue
-from tests.conftest import BUCKET, wait_for
+from tests.conftest import BUCKET
 from tests.test_browser import shoot
 from tests.test_gallery import make_image
 from tests.test_pipeline import finished, make_generation

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import time
-
 from datetime import timedelta
 
 import PIL.Image
