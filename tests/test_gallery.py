@@ -1,5 +1,6 @@
 """The gallery: search in Chinese and English, filters, keyset pages, detail, reuse and delete."""
 
+import io
 import re
 from datetime import timedelta
 
@@ -220,3 +221,19 @@ def test_staff_can_delete_anyones_image(client, alice, bob, s3):
 
 def test_the_gallery_needs_sign_in(db):
     assert Client().get("/gallery/").status_code == 302
+
+
+def test_seed_gallery_fills_searchable_rows_without_files(client):
+    from django.core.management import call_command
+
+    call_command("seed_gallery", count=300, stdout=io.StringIO())
+
+    assert Generation.objects.count() == 300
+    assert Image.objects.count() >= 300
+    assert not Image.objects.filter(search__isnull=True).exists()
+    assert not Image.objects.filter(renditions__isnull=False).exists()
+    chinese = set(shown(client.get("/gallery/", {"q": "小猫", "sort": "newest"})))
+    english = set(shown(client.get("/gallery/", {"q": "kittens", "sort": "newest"})))
+    assert chinese and english
+    assert all("小猫" in Image.objects.get(pk=pk).generation.prompt + Image.objects.get(pk=pk).revised_prompt
+               for pk in chinese)
