@@ -23,7 +23,7 @@ from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
-from gallery.models import Image
+from gallery.models import Image, ImageQuerySet
 from gallery.search import Query
 
 PAGE_SIZE = 30
@@ -58,7 +58,7 @@ class Page:
     next_cursor: str | None
 
 
-def filtered(user, filters: dict) -> "Image.objects":
+def filtered(user, filters: dict) -> ImageQuerySet:
     images = Image.objects.all()
     if filters.get("model"):
         images = images.filter(model=filters["model"])
@@ -78,16 +78,13 @@ def filtered(user, filters: dict) -> "Image.objects":
 
 def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
     images = filtered(user, filters)
+    if not query.is_empty and filters.get("sort") != "newest":
+        return _relevant(images, query, cursor)
+    if cursor:
+        images = images.before(cursor.created, cursor.id)
     if query.is_empty:
-        if cursor:
-            images = images.before(cursor.created, cursor.id)
         return _page(list(_for_tiles(images.newest_first())[: PAGE_SIZE + 1]))
-    if filters.get("sort") == "newest":
-        if cursor:
-            images = images.before(cursor.created, cursor.id)
-        ids = matching_ids(images, query, PAGE_SIZE + 1)
-        return _page(_in_order(ids))
-    return _relevant(images, query, cursor)
+    return _page(_in_order(matching_ids(images, query, PAGE_SIZE + 1)))
 
 
 def matching_ids(images, query: Query, limit: int, enough: int | None = None) -> list[int]:
