@@ -320,12 +320,13 @@ class Handler(BaseHTTPRequestHandler):
         else:
             body = self.state.store.png(token, entry)
         # not_png keeps the image/png label on purpose: clients must sniff the bytes, not trust the header.
-        self.send_body(200, body, "image/png", head=head)
+        # Recorded before answering, so a client that reads /_sim/downloads next always sees it.
         self.state.record_download(token, 200, 0 if head else len(body))
+        self.send_body(200, body, "image/png", head=head)
 
     def file_error(self, token: str, status: int, code: str, message: str, head: bool) -> None:
-        self.send_body(status, oss_error(code, message), "application/xml", head=head)
         self.state.record_download(token, status, 0)
+        self.send_body(status, oss_error(code, message), "application/xml", head=head)
 
     def stream_huge(self, token: str, head: bool) -> None:
         self.send_response(200)
