@@ -1,3 +1,5 @@
+import uuid
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -50,12 +52,16 @@ def generate(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _reuse(params) -> dict | None:
-    """Initial form values from an image: ?reuse=<id>&with=prompt|seed|revised."""
-    image_id = params.get("reuse", "")
-    image = Image.objects.select_related("generation").filter(pk=image_id).first() if image_id.isdigit() else None
-    if image is None:
+    """Initial form values from ?reuse=<image id>&with=prompt|seed|revised, or ?again=<generation id>."""
+    image_id, again = params.get("reuse", ""), params.get("again", "")
+    if image_id.isdigit():
+        image = Image.objects.select_related("generation").filter(pk=image_id).first()
+        generation = image.generation if image else None
+    else:
+        image = None
+        generation = Generation.objects.filter(pk=again).first() if _is_uuid(again) else None
+    if generation is None:
         return None
-    generation = image.generation
     initial = {"prompt": generation.prompt, "negative_prompt": generation.negative_prompt,
                "model": generation.model, "prompt_extend": generation.prompt_extend,
                "watermark": generation.watermark, "n": generation.n}
@@ -64,11 +70,19 @@ def _reuse(params) -> dict | None:
         initial["size"] = str(generation.size)
     else:
         initial |= {"size": CUSTOM, "width": generation.width, "height": generation.height}
-    if params.get("with") == "seed":
+    if image and params.get("with") == "seed":
         initial |= {"seed": image.seed, "n": 1}
-    elif params.get("with") == "revised" and image.revised_prompt:
+    elif image and params.get("with") == "revised" and image.revised_prompt:
         initial |= {"prompt": image.revised_prompt, "prompt_extend": False}
     return initial
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 @login_required

@@ -149,3 +149,23 @@ def test_the_page_speaks_simplified_chinese_when_asked(client):
 def test_a_form_error_speaks_the_designers_language(client):
     response = client.post("/", VALID | {"n": "7"}, HTTP_HX_REQUEST="true", HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert "请选择 1 到 4 张图片。" in errors(response)
+
+
+def test_a_failed_job_can_be_tried_again_with_its_settings(client, alice):
+    generation = Generation.objects.create(
+        owner=alice, prompt="被拒绝的提示词", negative_prompt="文字", model="wan2.6-t2i", width=1920, height=1080,
+        n=3, seed=9, status="failed", error_message="The provider's content check rejected this prompt.")
+    page = client.get("/").content.decode()
+    assert f'href="/?again={generation.pk}"' in page
+
+    html = client.get("/", {"again": str(generation.pk)}).content.decode()
+    assert re.search(r'id="id_prompt">\s*被拒绝的提示词</textarea>', html)
+    assert '<option value="wan2.6-t2i" selected>' in html
+    assert '<option value="1920*1080" selected>' in html
+    assert re.search(r'name="n"[^>]*value="3"', html)
+    assert re.search(r'name="seed"[^>]*value=""', html)
+
+
+def test_try_again_with_a_bad_id_shows_an_empty_form(client):
+    assert client.get("/", {"again": "not-a-uuid"}).status_code == 200
+    assert client.get("/", {"reuse": "999999"}).status_code == 200
