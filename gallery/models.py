@@ -13,14 +13,18 @@ from django.utils.translation import gettext_lazy as _
 from gallery.catalog import MAX_SEED, Size, get_model
 
 
+def _running_without_lease(now) -> Q:
+    """Running, but no worker holds it any more: its lease ran out, or it never had one."""
+    return Q(Q(lease_until__lte=now) | Q(lease_until__isnull=True), status=Generation.Status.RUNNING)
+
+
 class GenerationQuerySet(models.QuerySet):
     def stuck(self) -> "GenerationQuerySet":
         """Jobs whose message was lost (queued) or whose worker stopped (running, lease over)."""
         now = timezone.now()
         quiet = now - timedelta(seconds=settings.QWEN_REQUEUE_AFTER)
         return self.filter(
-            Q(status=Generation.Status.QUEUED)
-            | Q(Q(lease_until__lt=now) | Q(lease_until__isnull=True), status=Generation.Status.RUNNING),
+            Q(status=Generation.Status.QUEUED) | _running_without_lease(now),
             updated__lt=quiet,
         )
 
@@ -115,8 +119,7 @@ class Generation(models.Model):
     def claim(self, lease: timedelta) -> bool:
         """Take the job for this worker; False when another worker holds it or it is over."""
         now = timezone.now()
-        lease_over = Q(lease_until__lte=now) | Q(lease_until__isnull=True)
-        claimable = Q(status=self.Status.QUEUED) | Q(lease_over, status=self.Status.RUNNING)
+        claimable = Q(status=self.Status.QUEUED) | _running_without_lease(now)
         taken = Generation.objects.filter(claimable, pk=self.pk).update(
             status=self.Status.RUNNING, lease_until=now + lease,
             started_at=Coalesce(F("started_at"), now), updated=now,

@@ -130,9 +130,7 @@ def image_file(request: HtmxHttpRequest, image_id: int, variant: str) -> HttpRes
 @login_required
 @require_GET
 def gallery(request: HtmxHttpRequest) -> HttpResponse:
-    form = GalleryFilterForm(request.GET)
-    filters = form.cleaned_data if form.is_valid() else {}
-    query = search.parse(filters.get("q", ""))
+    form, filters, query = _gallery_filters(request)
     cursor = browse.Cursor.decode(request.GET.get("cursor", ""))
     page = browse.page(request.user, filters, query, cursor)
     favourites = set(Favourite.objects.filter(user=request.user, image__in=page.images)
@@ -142,6 +140,13 @@ def gallery(request: HtmxHttpRequest) -> HttpResponse:
     if request.htmx and cursor:
         return render(request, "gallery/gallery.html#tiles", context)
     return render(request, "gallery/gallery.html", context)
+
+
+def _gallery_filters(request) -> tuple[GalleryFilterForm, dict, search.Query]:
+    """The gallery's filters and search from the URL; invalid ones are shown on the form and ignored."""
+    form = GalleryFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    return form, filters, search.parse(filters.get("q", ""))
 
 
 def _tile_urls() -> dict[str, str]:
@@ -165,9 +170,7 @@ def _without(params, *names: str) -> str:
 @require_GET
 def image_detail(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(Image.objects.select_related("generation", "owner"), pk=image_id)
-    form = GalleryFilterForm(request.GET)
-    filters = form.cleaned_data if form.is_valid() else {}
-    query = search.parse(filters.get("q", ""))
+    _, filters, query = _gallery_filters(request)
     around = browse.filtered(request.user, filters)
     if not query.is_empty:
         around = around.filter(search=query.tsquery())
