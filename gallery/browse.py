@@ -15,6 +15,7 @@ bench/RESULTS.md has the figures at 1M images.
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -47,9 +48,12 @@ class Cursor:
         try:
             text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             created, pk, rank = text.split("|")
-            return cls(datetime.fromisoformat(created), int(pk), float(rank) if rank else None)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+            cursor = cls(datetime.fromisoformat(created), int(pk), float(rank) if rank else None)
+        except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
             return None
+        sane = (cursor.created.tzinfo is not None and 1900 <= cursor.created.year <= 9998
+                and 0 < cursor.id < 2**63 and (cursor.rank is None or math.isfinite(cursor.rank)))
+        return cursor if sane else None
 
 
 @dataclass

@@ -1,12 +1,44 @@
+import re
 import secrets
+from datetime import date
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from gallery.browse import Cursor
 from gallery.catalog import MAX_IMAGES, MAX_SEED, NEGATIVE_PROMPT_MAX, Size, catalog, default_model, get_model
 from gallery.models import Generation, Image
 
 CUSTOM = "custom"
+# Control characters (but tab and newlines) and the bidirectional overrides and isolates that
+# can make stored text read differently from what it is.
+INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Gallery dates stay where every time zone's midnight is still a valid datetime.
+EARLIEST_DATE, LATEST_DATE = date(1900, 1, 1), date(9998, 12, 31)
+DATE_RANGE_ERROR = _("Choose a date between 1900 and 9998.")
+
+
+def plain_text(text: str) -> str:
+    """text without control or bidirectional-override characters."""
+    return INVISIBLE.sub("", text)
+
+
+class PlainTextField(forms.CharField):
+    """A CharField that drops control and bidi-override characters before it stores anything."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        return plain_text(value).strip() if self.strip else plain_text(value)
+
+
+class GalleryDateField(forms.DateField):
+    def __init__(self, **kwargs):
+        super().__init__(required=False, widget=forms.DateInput(attrs={"type": "date"}), **kwargs)
+
+    def validate(self, value):
+        super().validate(value)
+        if value and not EARLIEST_DATE <= value <= LATEST_DATE:
+            raise forms.ValidationError(DATE_RANGE_ERROR, code="out_of_range")
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -21,13 +53,13 @@ def size_choices(model_name: str | None) -> list[tuple[str, str]]:
 
 
 class GenerateForm(forms.Form):
-    prompt = forms.CharField(
+    prompt = PlainTextField(
         label=_("Prompt"), strip=True,
         widget=forms.Textarea(attrs={"rows": 5, "placeholder": _("一只小猫在草地上奔跑，电影感，自然光影"),
                                      "autofocus": True}),
         error_messages={"required": _("Write a prompt: it tells the model what to make.")},
     )
-    negative_prompt = forms.CharField(
+    negative_prompt = PlainTextField(
         label=_("Negative prompt"), required=False, strip=True,
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": _("blurry, low quality")}),
     )
@@ -121,8 +153,9 @@ class GalleryFilterForm(forms.Form):
     shape = forms.ChoiceField(label=_("Shape"), required=False)
     mine = forms.BooleanField(label=_("Only mine"), required=False)
     favourites = forms.BooleanField(label=_("Favourites"), required=False)
-    since = forms.DateField(label=_("From"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(label=_("To"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    since = GalleryDateField(label=_("From"))
+    until = GalleryDateField(label=_("To"))
+    cursor = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -135,3 +168,25 @@ class GalleryFilterForm(forms.Form):
         if since and until and since > until:
             self.add_error("until", _("The end date is before the start date."))
         return cleaned
+
+    def clean_cursor(self) -> Cursor | None:
+        token = self.cleaned_data["cursor"]
+        if not token:
+            return None
+        cursor = Cursor.decode(token)
+        if cursor is None:
+            raise forms.ValidationError(_("This page link is broken; start again from the first page."))
+        return cursor
+
+
+class ReuseForm(forms.Form):
+    """?reuse=<image id>&with=prompt|seed|revised, or ?again=<generation id>, on the generate page."""
+
+    reuse = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    again = forms.UUIDField(required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "with" reads well in a link but is a Python keyword, so the field is added by name.
+        self.fields["with"] = forms.ChoiceField(
+            required=False, choices=[("prompt", "prompt"), ("seed", "seed"), ("revised", "revised")])

@@ -112,6 +112,13 @@ class Generation(models.Model):
         """Placeholders for the images still to come, so the card keeps its shape."""
         return range(max(0, self.n - len(self.images.all())))
 
+    def can_view(self, user) -> bool:
+        """A job, its status and its error are its maker's (and staff's): a refused prompt stays private."""
+        return user.is_active and (self.owner_id == user.pk or user.is_staff)
+
+    def can_change(self, user) -> bool:
+        return self.can_view(user)
+
     def seed_for(self, index: int) -> int:
         """Image i of a generation is made with seed + i, across calls as within one."""
         return (self.seed + index) % (MAX_SEED + 1)
@@ -197,6 +204,14 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"{self.generation_id}/{self.index}"
+
+    def can_view(self, user) -> bool:
+        """Images are the team's: everyone signed in sees every image in the gallery."""
+        return user.is_active
+
+    def can_change(self, user) -> bool:
+        """Deleting or changing an image is for the designer who made it, and staff."""
+        return user.is_active and (self.owner_id == user.pk or user.is_staff)
 
     def rendition(self, spec: str) -> "Rendition | None":
         return next((r for r in self.renditions.all() if r.spec == spec), None)

@@ -1,11 +1,10 @@
-import uuid
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
@@ -14,7 +13,7 @@ from django_htmx.middleware import HtmxDetails
 from gallery import browse, search, storage
 from gallery.catalog import get_model
 from gallery.diff import prompt_diff
-from gallery.forms import CUSTOM, GalleryFilterForm, GenerateForm
+from gallery.forms import CUSTOM, GalleryFilterForm, GenerateForm, ReuseForm
 from gallery.models import Favourite, Generation, Image
 from gallery.tasks import enqueue
 
@@ -25,6 +24,31 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
+def _viewable(queryset, user, **lookup):
+    """The object if it exists and user may see it; otherwise the same 404 either way."""
+    found = queryset.filter(**lookup).first()
+    if found is None or not found.can_view(user):
+        raise Http404
+    return found
+
+
+def _changeable(queryset, user, **lookup):
+    """The object if user may change it; 'not yours' answers 404, as 'not there' does."""
+    found = _viewable(queryset, user, **lookup)
+    if not found.can_change(user):
+        raise Http404
+    return found
+
+
+def _safe_next(request, default: str) -> str:
+    """The `next` the form sent if it is a path on this site, else default."""
+    target = request.POST.get("next", "")
+    on_site = url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                              require_https=request.is_secure())
+    # Only an absolute path: redirect() would take any other word for a view name.
+    return target if on_site and target.startswith("/") else default
+
+
 def _recent_jobs(user):
     return (Generation.objects.filter(owner=user).prefetch_related("images__renditions")[:RECENT_JOBS])
 
@@ -33,7 +57,12 @@ def _recent_jobs(user):
 @require_http_methods(["GET", "POST"])
 def generate(request: HtmxHttpRequest) -> HttpResponse:
     if request.method == "GET":
-        form = GenerateForm(initial=_reuse(request.GET))
+        reuse = ReuseForm(request.GET)
+        if not reuse.is_valid():
+            messages.error(request, _("That reuse link is broken, so the form starts empty."))
+            return render(request, "gallery/generate.html",
+                          {"form": GenerateForm(), "jobs": _recent_jobs(request.user)}, status=400)
+        form = GenerateForm(initial=_reuse(request.user, **reuse.cleaned_data))
         return render(request, "gallery/generate.html", {"form": form, "jobs": _recent_jobs(request.user)})
     form = GenerateForm(request.POST)
     if not form.is_valid():
@@ -51,15 +80,10 @@ def generate(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "gallery/generate.html#form-and-new-job", {"form": form, "job": generation})
 
 
-def _reuse(params) -> dict | None:
-    """Initial form values from ?reuse=<image id>&with=prompt|seed|revised, or ?again=<generation id>."""
-    image_id, again = params.get("reuse", ""), params.get("again", "")
-    if image_id.isdigit():
-        image = Image.objects.select_related("generation").filter(pk=image_id).first()
-        generation = image.generation if image else None
-    else:
-        image = None
-        generation = Generation.objects.filter(pk=again).first() if _is_uuid(again) else None
+def _reuse(user, reuse: int | None, again, **options) -> dict | None:
+    """Initial form values from an image (reuse, with prompt, seed or revised) or a job (again)."""
+    image = _viewable(Image.objects.select_related("generation"), user, pk=reuse) if reuse else None
+    generation = image.generation if image else _viewable(Generation.objects, user, pk=again) if again else None
     if generation is None:
         return None
     initial = {"prompt": generation.prompt, "negative_prompt": generation.negative_prompt,
@@ -70,19 +94,11 @@ def _reuse(params) -> dict | None:
         initial["size"] = str(generation.size)
     else:
         initial |= {"size": CUSTOM, "width": generation.width, "height": generation.height}
-    if image and params.get("with") == "seed":
+    if image and options.get("with") == "seed":
         initial |= {"seed": image.seed, "n": 1}
-    elif image and params.get("with") == "revised" and image.revised_prompt:
+    elif image and options.get("with") == "revised" and image.revised_prompt:
         initial |= {"prompt": image.revised_prompt, "prompt_extend": False}
     return initial
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 @login_required
@@ -95,7 +111,7 @@ def size_field(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def job(request: HtmxHttpRequest, generation_id) -> HttpResponse:
-    generation = get_object_or_404(Generation.objects.prefetch_related("images__renditions"), pk=generation_id)
+    generation = _viewable(Generation.objects.prefetch_related("images__renditions"), request.user, pk=generation_id)
     response = render(request, "gallery/generate.html#job", {"job": generation})
     if request.htmx and generation.is_finished:
         return HttpResponseStopPolling(response.content)
@@ -105,9 +121,7 @@ def job(request: HtmxHttpRequest, generation_id) -> HttpResponse:
 @login_required
 @require_POST
 def cancel_job(request: HtmxHttpRequest, generation_id) -> HttpResponse:
-    generation = get_object_or_404(Generation, pk=generation_id)
-    if generation.owner_id != request.user.pk and not request.user.is_staff:
-        raise Http404
+    generation = _changeable(Generation.objects, request.user, pk=generation_id)
     generation.cancel()
     if request.htmx:
         return render(request, "gallery/generate.html#job", {"job": generation})
@@ -117,7 +131,7 @@ def cancel_job(request: HtmxHttpRequest, generation_id) -> HttpResponse:
 @login_required
 @require_GET
 def image_file(request: HtmxHttpRequest, image_id: int, variant: str) -> HttpResponse:
-    image = get_object_or_404(Image.objects.prefetch_related("renditions"), pk=image_id)
+    image = _viewable(Image.objects.prefetch_related("renditions"), request.user, pk=image_id)
     if variant == "original":
         name = f"qwen-{image.generation_id.hex[:8]}-{image.index + 1}.png" if "download" in request.GET else None
         return storage.serve(image.file, download_name=name)
@@ -131,21 +145,23 @@ def image_file(request: HtmxHttpRequest, image_id: int, variant: str) -> HttpRes
 @require_GET
 def gallery(request: HtmxHttpRequest) -> HttpResponse:
     form, filters, query = _gallery_filters(request)
-    cursor = browse.Cursor.decode(request.GET.get("cursor", ""))
+    cursor = filters.get("cursor")
     page = browse.page(request.user, filters, query, cursor)
     favourites = set(Favourite.objects.filter(user=request.user, image__in=page.images)
                      .values_list("image_id", flat=True))
     context = {"form": form, "page": page, "query": query, "favourites": favourites,
                "filters": _without(request.GET, "cursor"), "urls": _tile_urls(), "labels": _tile_labels()}
+    status = 400 if form.errors else 200
     if request.htmx and cursor:
-        return render(request, "gallery/gallery.html#tiles", context)
-    return render(request, "gallery/gallery.html", context)
+        return render(request, "gallery/gallery.html#tiles", context, status=status)
+    return render(request, "gallery/gallery.html", context, status=status)
 
 
 def _gallery_filters(request) -> tuple[GalleryFilterForm, dict, search.Query]:
     """The gallery's filters and search from the URL; invalid ones are shown on the form and ignored."""
     form = GalleryFilterForm(request.GET)
-    filters = form.cleaned_data if form.is_valid() else {}
+    form.is_valid()
+    filters = form.cleaned_data  # the valid fields only
     return form, filters, search.parse(filters.get("q", ""))
 
 
@@ -169,7 +185,7 @@ def _without(params, *names: str) -> str:
 @login_required
 @require_GET
 def image_detail(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
-    image = get_object_or_404(Image.objects.select_related("generation", "owner"), pk=image_id)
+    image = _viewable(Image.objects.select_related("generation", "owner"), request.user, pk=image_id)
     _, filters, query = _gallery_filters(request)
     around = browse.filtered(request.user, filters)
     if not query.is_empty:
@@ -181,7 +197,7 @@ def image_detail(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
         "image": image, "generation": image.generation, "siblings": siblings, "newer": newer, "older": older,
         "filters": _without(request.GET, "cursor"), "query": query,
         "is_favourite": Favourite.objects.filter(user=request.user, image=image).exists(),
-        "can_delete": image.owner_id == request.user.pk or request.user.is_staff,
+        "can_delete": image.can_change(request.user),
         "prompt_diff": prompt_diff(image.generation.prompt, image.revised_prompt) if image.revised_prompt else None,
     }
     return render(request, "gallery/detail.html", context)
@@ -190,7 +206,7 @@ def image_detail(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
-    image = get_object_or_404(Image, pk=image_id)
+    image = _viewable(Image.objects, request.user, pk=image_id)
     mark, created = Favourite.objects.get_or_create(user=request.user, image=image)
     if not created:
         mark.delete()
@@ -199,15 +215,13 @@ def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
         return render(request, "gallery/gallery.html#tile-favourite", context)
     if request.htmx:
         return render(request, "gallery/favourite.html", {"image": image, "is_favourite": created})
-    return redirect(request.POST.get("next") or reverse("gallery-detail", args=[image.pk]))
+    return HttpResponseRedirect(_safe_next(request, reverse("gallery-detail", args=[image.pk])))
 
 
 @login_required
 @require_POST
 def delete_image(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
-    image = get_object_or_404(Image, pk=image_id)
-    if image.owner_id != request.user.pk and not request.user.is_staff:
-        return HttpResponseForbidden(_("Only the person who made this image, or staff, can delete it."))
+    image = _changeable(Image.objects, request.user, pk=image_id)
     try:
         image.delete_with_files()
     except storage.StorageError:

@@ -166,6 +166,23 @@ def test_a_failed_job_can_be_tried_again_with_its_settings(client, alice):
     assert re.search(r'name="seed"[^>]*value=""', html)
 
 
-def test_try_again_with_a_bad_id_shows_an_empty_form(client):
-    assert client.get("/", {"again": "not-a-uuid"}).status_code == 200
-    assert client.get("/", {"reuse": "999999"}).status_code == 200
+def test_a_malformed_reuse_link_gets_400_and_an_empty_form(client):
+    for params in [{"again": "not-a-uuid"}, {"reuse": "²"}, {"reuse": "9" * 30}, {"reuse": "1", "with": "all"}]:
+        response = client.get("/", params)
+        assert response.status_code == 400, params
+        assert "That reuse link is broken" in response.content.decode()
+        assert re.search(r'id="id_prompt">\s*</textarea>', response.content.decode())
+
+
+def test_a_reuse_link_to_nothing_is_404(client):
+    assert client.get("/", {"reuse": "999999"}).status_code == 404
+    assert client.get("/", {"again": "2b4c06a4-7a8f-4c1e-9d55-0d6b0e0d1c11"}).status_code == 404
+
+
+def test_control_and_bidi_characters_are_stripped_from_prompts(client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post("/", VALID | {"prompt": "a \u202ecat\u202c\x00 in\x07 \u2066grass\u2069\n夜景",
+                                  "negative_prompt": "\u200fblur\x1b[31m"}, HTTP_HX_REQUEST="true")
+    generation = Generation.objects.get()
+    assert generation.prompt == "a cat in grass\n夜景"
+    assert generation.negative_prompt == "blur[31m"
