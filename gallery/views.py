@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -33,10 +34,10 @@ def _viewable(queryset, user, **lookup):
 
 
 def _changeable(queryset, user, **lookup):
-    """The object if user may change it; 'not yours' answers 404, as 'not there' does."""
+    """The object if user may change it: 404 if they can't even see it, 403 if they only see it."""
     found = _viewable(queryset, user, **lookup)
     if not found.can_change(user):
-        raise Http404
+        raise PermissionDenied
     return found
 
 

@@ -213,7 +213,7 @@ def test_another_users_image_can_be_viewed_but_not_deleted(client, bob):
     image = make_image(bob, "bob's lighthouse")
     assert client.get(f"/gallery/{image.pk}/").status_code == 200
     assert "Delete" not in client.get(f"/gallery/{image.pk}/").content.decode()
-    assert client.post(f"/gallery/{image.pk}/delete/").status_code == 404
+    assert client.post(f"/gallery/{image.pk}/delete/").status_code == 403
     assert Image.objects.filter(pk=image.pk).exists()
 
 

@@ -1,4 +1,5 @@
-"""Who may see and change what: one rule on the models, one answer (404) for "not yours" everywhere."""
+"""Who may see and change what: one rule on the models that every view asks, and one answer for each
+"no": 404 for what you may not see (as for what isn't there), 403 for what you see but may not change."""
 
 import re
 import uuid
@@ -77,9 +78,9 @@ def test_cancel_of_another_designers_job_is_404_and_changes_nothing(client, bobs
     assert bobs_queued_job.status == Generation.Status.QUEUED
 
 
-def test_delete_of_another_designers_image_is_404_and_changes_nothing(client, bob):
+def test_delete_of_another_designers_image_is_403_and_changes_nothing(client, bob):
     image = make_image(bob, "bob's lighthouse")
-    assert client.post(f"/gallery/{image.pk}/delete/").status_code == 404
+    assert client.post(f"/gallery/{image.pk}/delete/").status_code == 403
     assert Image.objects.filter(pk=image.pk).exists()
 
 
