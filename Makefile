@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PGSTART := pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start
+# The studio fails closed (no debug, no built-in secret key); development and tests ask for debug.
+DJANGO_DEBUG ?= true
+export DJANGO_DEBUG
 REDISSTART := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
 .PHONY: run test services db chromium clean bench

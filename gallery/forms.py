@@ -155,7 +155,7 @@ class GalleryFilterForm(forms.Form):
     favourites = forms.BooleanField(label=_("Favourites"), required=False)
     since = GalleryDateField(label=_("From"))
     until = GalleryDateField(label=_("To"))
-    cursor = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
+    cursor = forms.CharField(label=_("Page"), required=False, max_length=200, widget=forms.HiddenInput)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

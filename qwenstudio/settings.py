@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,10 +57,14 @@ def envlist(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in envstr(name, default).split(",") if item.strip()]
 
 
-DEBUG = envbool("DJANGO_DEBUG", True)
+# Fail closed: debug only when asked for by name, and no built-in key outside it.
+DEBUG = envbool("DJANGO_DEBUG", False)
 SECRET_KEY = envstr("DJANGO_SECRET_KEY", "dev-only-insecure-key" if DEBUG else "")
 if not SECRET_KEY:
-    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false")
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be set (a long random string) unless DJANGO_DEBUG=true; "
+        "make run and make test set DJANGO_DEBUG=true for you"
+    )
 ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS")
 
@@ -72,11 +77,13 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "django_htmx",
+    "axes",
     "gallery",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -85,6 +92,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 if not DEBUG:
@@ -122,6 +131,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+# Axes first: it refuses a locked-out sign-in before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "gallery-generate"
@@ -177,6 +191,8 @@ QWEN_DOWNLOAD_HOSTS = envlist(
     "QWEN_DOWNLOAD_HOSTS", f"*.aliyuncs.com,{urlsplit(QWEN_API_BASE_URL).netloc}"
 )
 QWEN_DOWNLOAD_MAX_BYTES = envint("QWEN_DOWNLOAD_MAX_BYTES", 40 * 1024 * 1024, minimum=1024)
+# The whole download of one result, however slowly the server sends it, must end within this.
+QWEN_DOWNLOAD_SECONDS = envint("QWEN_DOWNLOAD_SECONDS", 60, minimum=1)
 QWEN_CATALOG_FILE = envstr("QWEN_CATALOG_FILE")
 
 CELERY_BROKER_URL = envurl("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -195,6 +211,58 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
 # The sweeper re-sends a queued job whose message has gone missing after this many seconds.
 QWEN_REQUEUE_AFTER = envint("QWEN_REQUEUE_AFTER", 120, minimum=5)
 
+# Sign-in lockout (django-axes). Two separate rules: that many failed sign-ins to one account,
+# from anywhere, lock the account; that many from one address, to any accounts, lock the address.
+# The database handler keeps the counts, so every gunicorn worker sees the same ones.
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_FAILURE_LIMIT = envint("QWEN_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+# Axes reads a float as hours. A refused attempt during the lockout starts the wait again.
+AXES_COOLOFF_TIME = envint("QWEN_LOGIN_COOLOFF_MINUTES", 15, minimum=1) / 60
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "gallery.signin.SigninHandler"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+
+
+def _axes_username(request, credentials: dict | None) -> str | None:
+    """The username as axes reads it, cut to the 255 characters it stores (django-axes#1381)."""
+    username = (credentials or request.POST).get("username")
+    return username[:255] if username else username
+
+
+AXES_USERNAME_CALLABLE = _axes_username
+
+# The address is REMOTE_ADDR, unless DJANGO_TRUSTED_PROXY_COUNT proxies in front each append the
+# address they saw to X-Forwarded-For: then it is the entry that many from the right, which the
+# client cannot forge. Behind a proxy, leaving it 0 puts every designer on the proxy's one address.
+TRUSTED_PROXY_COUNT = envint("DJANGO_TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+    # ipware counts only the proxies named in the header, and the nearest one is in REMOTE_ADDR instead.
+    AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT - 1
+    # Entries a client wrote itself come first in the header; skip them rather than distrust it all.
+    IPWARE_STRICT = False
+else:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+
+# Mail is only for password reset: without a mail server its pages are not routed (qwenstudio/urls.py).
+# Django 6.1's MAILERS, not the EMAIL_* settings it deprecates.
+if envstr("DJANGO_EMAIL_HOST"):
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": envstr("DJANGO_EMAIL_HOST"),
+                "port": envint("DJANGO_EMAIL_PORT", 587, minimum=1),
+                "username": envstr("DJANGO_EMAIL_HOST_USER"),
+                "password": envstr("DJANGO_EMAIL_HOST_PASSWORD"),
+                "use_tls": envbool("DJANGO_EMAIL_USE_TLS", True),
+                # A mail server that stops answering must not hold a gunicorn worker.
+                "timeout": 10,
+            },
+        },
+    }
+    DEFAULT_FROM_EMAIL = envstr("DJANGO_DEFAULT_FROM_EMAIL", envstr("DJANGO_EMAIL_HOST_USER", "webmaster@localhost"))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -204,7 +272,37 @@ LOGGING = {
     "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 
+# Content-Security-Policy: scripts and styles only from our own static files, never inline.
+# Images also come from storage's signed URLs, so its origin is allowed for img-src.
+def _storage_origins() -> list[str]:
+    if not AWS_STORAGE_BUCKET_NAME:
+        return []
+    if AWS_S3_ENDPOINT_URL:
+        parts = urlsplit(AWS_S3_ENDPOINT_URL)
+        return [f"{parts.scheme}://{parts.netloc}", f"{parts.scheme}://*.{parts.netloc}"]
+    return ["https://*.amazonaws.com"]
+
+
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, *_storage_origins()],
+    "connect-src": [CSP.SELF],
+    "font-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+X_FRAME_OPTIONS = "DENY"
+
 if not DEBUG:
+    # Production sits behind a TLS proxy that sets X-Forwarded-Proto (README, "Deploy").
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = envbool("DJANGO_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = envint("DJANGO_HSTS_SECONDS", 60 * 60 * 24 * 365)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("DJANGO_HSTS_PRELOAD", True)
     SESSION_COOKIE_SECURE = envbool("DJANGO_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -109,6 +109,9 @@ def sim_url():
 @pytest.fixture(scope="session", autouse=True)
 def studio_settings(s3_endpoint, sim_url):
     """Point the studio at the test services for the whole session."""
+    from django.conf import settings
+    from django.utils.csp import CSP
+
     celery_app.conf.broker_url = TEST_BROKER
     celery_app.conf.task_default_queue = TEST_QUEUE
     overrides = override_settings(
@@ -119,6 +122,8 @@ def studio_settings(s3_endpoint, sim_url):
         AWS_SECRET_ACCESS_KEY="test", AWS_S3_REGION_NAME="us-east-1",
         QWEN_API_BASE_URL=sim_url, QWEN_API_KEY="test-key", QWEN_READ_TIMEOUT=20,
         QWEN_DOWNLOAD_HOSTS=[sim_url.removeprefix("http://")], CELERY_BROKER_URL=TEST_BROKER,
+        # Images redirect to moto's signed URLs, as they would to any S3 endpoint's.
+        SECURE_CSP={**settings.SECURE_CSP, "img-src": [CSP.SELF, s3_endpoint]},
     )
     overrides.enable()
     yield

@@ -21,7 +21,9 @@ def shoot(page, name: str) -> None:
 def fill_form(page, prompt: str, model: str, size: str, n: str = "1", seed: str = "", negative: str = ""):
     page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_label("Negative prompt", exact=True).fill(negative)
-    page.get_by_label("Model", exact=True).select_option(model)
+    # Choosing a model always reloads the size field; wait for it, or it may reset the size chosen next.
+    with page.expect_response("**/generate/sizes/**"):
+        page.get_by_label("Model", exact=True).select_option(model)
     expect(page.locator(f'#id_size option[value="{size}"]')).to_have_count(1)
     page.get_by_label("Size", exact=True).select_option(size)
     page.get_by_label("Number of images", exact=True).fill(n)
@@ -45,7 +47,9 @@ def test_a_generation_from_the_browser_ends_in_s3_with_its_rows(worker, signed_i
     expect(card).to_have_attribute("data-status", "succeeded", timeout=60000)
     thumbs = card.locator("a.thumb img")
     expect(thumbs).to_have_count(2)
-    page.wait_for_function("[...document.querySelectorAll('a.thumb img')].every(i => i.complete && i.naturalWidth > 0)")
+    # A function, not a bare expression: CSP forbids re-evaluating a string on each poll.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('a.thumb img')].every(i => i.complete && i.naturalWidth > 0)")
     assert thumbs.first.get_attribute("loading") == "lazy"
     assert thumbs.first.get_attribute("width") == "512" and thumbs.first.get_attribute("height") == "384"
     shoot(page, "generate-done")

@@ -286,12 +286,13 @@ def test_host_with_port_matches_the_default_port_of_the_scheme():
     assert host_allowed("https://images.example.com/a.png", ["images.example.com:443"])
 
 
-def test_plain_host_allows_any_port():
-    assert host_allowed("http://127.0.0.1:9999/files/a.png", ["127.0.0.1"])
+def test_plain_host_allows_only_the_default_port():
+    assert host_allowed("http://127.0.0.1/files/a.png", ["127.0.0.1"])
+    assert not host_allowed("http://127.0.0.1:9999/files/a.png", ["127.0.0.1"])
 
 
-def test_ipv6_host_with_port_is_allowed():
-    assert host_allowed("http://[::1]:8001/files/a.png", ["[::1]:8001"])
+def test_ipv6_literal_is_refused_even_when_listed():
+    assert not host_allowed("http://[::1]:8001/files/a.png", ["[::1]:8001"])
 
 
 def test_ipv6_host_with_another_port_is_refused():

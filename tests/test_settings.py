@@ -80,3 +80,75 @@ def test_malformed_url_never_prints_its_password(variable, value):
 def test_a_missing_catalog_file_stops_start_up(tmp_path):
     process = start(QWEN_CATALOG_FILE=str(tmp_path / "missing.json"))
     assert_refused_naming(process, "QWEN_CATALOG_FILE")
+
+
+PRODUCTION = {"DJANGO_DEBUG": "false", "DJANGO_ALLOWED_HOSTS": "studio.example.com",
+              "DJANGO_SECRET_KEY": "k3Yq8-canary-production-secret-that-is-long-and-random-0p9o8i7u6y5t",
+              "DATABASE_URL": "postgres://studio:hunter2-canary@127.0.0.1:5432/qwenstudio"}
+
+
+@pytest.mark.parametrize("value, debug", [(None, False), ("", False), ("false", False), ("true", True)])
+def test_debug_is_on_only_when_asked_for_by_name(value, debug):
+    variables = {"DJANGO_DEBUG": value} if value is not None else {}
+    process = start(SETUP + "; from django.conf import settings; print(settings.DEBUG)", **variables)
+    assert process.stdout.strip() == str(debug), process.stderr
+
+
+def test_no_built_in_secret_key_unless_debug_is_asked_for():
+    assert_refused_naming(start(drop=("DJANGO_SECRET_KEY",)), "DJANGO_SECRET_KEY")
+
+
+def test_check_deploy_reports_nothing_under_production_settings():
+    env = {name: value for name, value in os.environ.items() if not name.startswith(OURS)} | PRODUCTION
+    process = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "System check identified no issues" in process.stdout
+
+
+# Production pages without running collectstatic first: plain static storage, the rest as deployed.
+PRODUCTION_SETUP = SETUP + """
+from django.conf import settings
+settings.STORAGES = {**settings.STORAGES,
+                     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+"""
+BOOM = PRODUCTION_SETUP + """
+import sys, types
+from django.conf import settings
+from django.test import Client
+from django.urls import path
+
+def boom(request):
+    raise RuntimeError("boom")
+
+urls = types.ModuleType("boom_urls")
+urls.urlpatterns = [path("boom/", boom)]
+sys.modules["boom_urls"] = urls
+settings.ROOT_URLCONF = "boom_urls"
+response = Client(raise_request_exception=False).get("/boom/", HTTP_HOST="studio.example.com", secure=True)
+print(response.status_code)
+print(response.content.decode())
+"""
+
+
+def test_a_server_error_in_production_shows_the_studios_page_and_no_settings():
+    process = start(BOOM, **PRODUCTION)
+    status, _, body = process.stdout.partition("\n")
+    assert status == "500", process.stderr
+    assert "Something went wrong on our side" in body
+    for leak in ("hunter2-canary", "DATABASE_URL", "Traceback", "canary-production-secret"):
+        assert leak not in body
+
+
+def test_production_sends_hsts_and_redirects_plain_http():
+    code = PRODUCTION_SETUP + """
+from django.test import Client
+client = Client()
+plain = client.get("/accounts/login/", HTTP_HOST="studio.example.com")
+secure = client.get("/accounts/login/", HTTP_HOST="studio.example.com", HTTP_X_FORWARDED_PROTO="https")
+print(plain.status_code, plain["Location"])
+print(secure.status_code, secure.get("Strict-Transport-Security"))
+"""
+    lines = start(code, **PRODUCTION).stdout.splitlines()
+    assert lines[0] == "301 https://studio.example.com/accounts/login/"
+    assert lines[1].startswith("200 max-age=31536000; includeSubDomains; preload")

@@ -52,8 +52,16 @@ document.addEventListener("keydown", function (event) {
   if (link) window.location.href = link.href;
 });
 
-// Gallery filters apply as soon as they change; the search box waits for Enter.
+// Fields in a [data-autosubmit] element (the language menu, the gallery filters) submit their form on change.
 document.addEventListener("change", function (event) {
-  var form = event.target.closest("form.filters");
-  if (form && event.target.name !== "q") form.requestSubmit();
+  if (event.target.form && event.target.closest("[data-autosubmit]")) event.target.form.requestSubmit();
 });
+
+// A form with data-confirm asks first; captured so that no other submit handler runs when the answer is no.
+document.addEventListener("submit", function (event) {
+  var form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+    event.stopImmediatePropagation();
+  }
+}, true);
