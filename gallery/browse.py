@@ -72,6 +72,8 @@ def filtered(user, filters: dict) -> ImageQuerySet:
         images = images.filter(owner=user)
     if filters.get("favourites"):
         images = images.filter(favourites__user=user)
+    if filters.get("collection"):
+        images = images.filter(collection_items__collection=filters["collection"])
     zone = timezone.get_current_timezone()
     if filters.get("since"):
         images = images.filter(created__gte=datetime.combine(filters["since"], time.min, zone))

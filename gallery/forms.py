@@ -7,7 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from gallery.browse import Cursor
 from gallery.catalog import MAX_IMAGES, MAX_SEED, NEGATIVE_PROMPT_MAX, Size, catalog, default_model, get_model
-from gallery.models import Generation, Image
+from gallery.models import Collection, Generation, Image, ShareLink
 
 CUSTOM = "custom"
 # Control characters (but tab and newlines) and the bidirectional overrides and isolates that
@@ -16,6 +16,7 @@ INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u
 # Gallery dates stay where every time zone's midnight is still a valid datetime.
 EARLIEST_DATE, LATEST_DATE = date(1900, 1, 1), date(9998, 12, 31)
 DATE_RANGE_ERROR = _("Choose a date between 1900 and 9998.")
+MAX_SELECTION = 500
 
 
 def plain_text(text: str) -> str:
@@ -156,6 +157,10 @@ class GalleryFilterForm(forms.Form):
     since = GalleryDateField(label=_("From"))
     until = GalleryDateField(label=_("To"))
     cursor = forms.CharField(label=_("Page"), required=False, max_length=200, widget=forms.HiddenInput)
+    collection = forms.ModelChoiceField(
+        label=_("Collection"), required=False, queryset=Collection.objects.all(), widget=forms.HiddenInput,
+        error_messages={"invalid_choice": _("There is no such collection.")},
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -190,3 +195,62 @@ class ReuseForm(forms.Form):
         # "with" reads well in a link but is a Python keyword, so the field is added by name.
         self.fields["with"] = forms.ChoiceField(
             required=False, choices=[("prompt", "prompt"), ("seed", "seed"), ("revised", "revised")])
+
+
+class CollectionForm(forms.Form):
+    name = PlainTextField(
+        label=_("Name"), max_length=120,
+        error_messages={"required": _("Give the collection a name."),
+                        "max_length": _("A name is at most %(limit_value)d characters.")},
+    )
+
+
+class CollectionSearchForm(forms.Form):
+    """The collections page's search box and its Only mine switch."""
+
+    q = PlainTextField(label=_("Search collections"), required=False, max_length=200)
+    mine = forms.BooleanField(label=_("Only mine"), required=False)
+
+
+class ImageSelectionForm(forms.Form):
+    """Images picked in the gallery or on a collection page, as `images` ids."""
+
+    images = forms.ModelMultipleChoiceField(
+        queryset=Image.objects.only("id"),
+        error_messages={"required": _("Select at least one image."),
+                        "invalid_choice": _("One of the selected images no longer exists."),
+                        "invalid_pk_value": _("That selection is not a list of images.")},
+    )
+
+    def clean_images(self):
+        images = self.cleaned_data["images"]
+        if len(images) > MAX_SELECTION:
+            raise forms.ValidationError(_("Select at most %(limit)d images at once."), params={"limit": MAX_SELECTION})
+        return images
+
+
+class MoveForm(forms.Form):
+    image = forms.IntegerField(min_value=1, max_value=2**63 - 1)
+    direction = forms.ChoiceField(choices=[("earlier", _("Move earlier")), ("later", _("Move later"))])
+
+
+class OrderForm(forms.Form):
+    """The new order of a collection after a drag: image ids, comma-separated."""
+
+    order = forms.CharField(max_length=20_000)
+
+    def clean_order(self) -> list[int]:
+        parts = [part.strip() for part in self.cleaned_data["order"].split(",") if part.strip()]
+        if not parts or not all(re.fullmatch(r"[0-9]{1,18}", part) for part in parts):
+            raise forms.ValidationError(_("That order is not a list of images."))
+        ids = [int(part) for part in parts]
+        if any(not 0 < pk < 2**63 for pk in ids):
+            raise forms.ValidationError(_("That order is not a list of images."))
+        return ids
+
+
+class ShareForm(forms.Form):
+    expiry = forms.ChoiceField(label=_("Expires"), choices=ShareLink.Expiry.choices,
+                               initial=ShareLink.Expiry.WEEK)
+    show_parameters = forms.BooleanField(label=_("Show prompt and parameters"), required=False, initial=False)
+    allow_downloads = forms.BooleanField(label=_("Allow downloads"), required=False, initial=True)

@@ -1,3 +1,6 @@
+import base64
+import hashlib
+import secrets
 import uuid
 from datetime import timedelta
 
@@ -8,6 +11,7 @@ from django.db import models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
 
 from gallery.catalog import MAX_SEED, Size, get_model
@@ -259,3 +263,226 @@ class Rendition(models.Model):
 
     def __str__(self) -> str:
         return self.file
+
+
+class CollectionQuerySet(models.QuerySet):
+    def for_list(self) -> "CollectionQuerySet":
+        """With the owner, the number of images and the first image's id, for the collections page."""
+        first = CollectionItem.objects.filter(collection=models.OuterRef("pk")).order_by("position", "id")
+        return (self.select_related("owner")
+                .annotate(image_count=models.Count("items"), cover_id=models.Subquery(first.values("image_id")[:1])))
+
+
+class Collection(models.Model):
+    """A named, ordered set of gallery images, made by one designer and seen by the whole team."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="collections")
+    name = models.CharField(max_length=120)
+    images = models.ManyToManyField(Image, through="CollectionItem", related_name="collections")
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(auto_now=True)
+
+    objects = CollectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated", "-id"]
+        indexes = [models.Index(fields=["owner", "-updated"], name="collection_owner_updated")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def can_view(self, user) -> bool:
+        return user.is_active
+
+    def can_change(self, user) -> bool:
+        """Adding, removing, reordering, renaming and deleting are for its maker and staff."""
+        return user.is_active and (self.owner_id == user.pk or user.is_staff)
+
+    def ordered_images(self) -> ImageQuerySet:
+        return Image.objects.filter(collection_items__collection=self).order_by(
+            "collection_items__position", "collection_items__id")
+
+    def add(self, image_ids: list[int]) -> int:
+        """Append the images not in it yet, in the order given; return how many were added."""
+        with transaction.atomic():
+            # The lock keeps two adds from taking the same positions.
+            Collection.objects.select_for_update().filter(pk=self.pk).first()
+            present = set(self.items.values_list("image_id", flat=True))
+            existing = set(Image.objects.filter(pk__in=image_ids).values_list("pk", flat=True))
+            new = [pk for pk in dict.fromkeys(image_ids) if pk in existing and pk not in present]
+            last = self.items.aggregate(last=models.Max("position"))["last"]
+            start = 0 if last is None else last + 1
+            CollectionItem.objects.bulk_create(
+                [CollectionItem(collection=self, image_id=pk, position=start + i) for i, pk in enumerate(new)],
+                ignore_conflicts=True)
+            self.save(update_fields=["updated"])
+        return len(new)
+
+    def remove(self, image_ids: list[int]) -> int:
+        with transaction.atomic():
+            removed, _ = self.items.filter(image_id__in=image_ids).delete()
+            self.save(update_fields=["updated"])
+        return removed
+
+    def reorder(self, image_ids: list[int]) -> None:
+        """Put the images in this order; members not named keep their order after them."""
+        with transaction.atomic():
+            Collection.objects.select_for_update().filter(pk=self.pk).first()
+            items = {item.image_id: item for item in self.items.order_by("position", "id")}
+            named = [items.pop(pk) for pk in dict.fromkeys(image_ids) if pk in items]
+            ordered = named + list(items.values())
+            for position, item in enumerate(ordered):
+                item.position = position
+            CollectionItem.objects.bulk_update(ordered, ["position"])
+            self.save(update_fields=["updated"])
+
+    def move(self, image_id: int, offset: int) -> None:
+        """Move one image earlier (-1) or later (+1), the keyboard's way to reorder."""
+        order = list(self.items.order_by("position", "id").values_list("image_id", flat=True))
+        if image_id not in order:
+            return
+        index = order.index(image_id)
+        target = min(max(index + offset, 0), len(order) - 1)
+        order.insert(target, order.pop(index))
+        self.reorder(order)
+
+
+class CollectionItem(models.Model):
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="items")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="collection_items")
+    position = models.PositiveIntegerField()
+    added = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(fields=["collection", "image"], name="collection_item_once")]
+        indexes = [models.Index(fields=["collection", "position"], name="collection_item_position")]
+
+    def __str__(self) -> str:
+        return f"{self.collection_id}#{self.position}: {self.image_id}"
+
+
+class ShareLinkQuerySet(models.QuerySet):
+    def live(self) -> "ShareLinkQuerySet":
+        now = timezone.now()
+        # A designer who leaves the studio takes their links with them.
+        return self.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), revoked_at__isnull=True,
+                           owner__is_active=True)
+
+
+class ShareLink(models.Model):
+    """A link for people outside the studio to one image, one generation or one collection.
+
+    The token is never stored: the row keeps a random `secret` and the SHA-256 of the token, and
+    the token is an HMAC of the secret under SECRET_KEY. A database reader alone can neither use a
+    link nor make one, yet the maker can copy it again from /shared/.
+    """
+
+    class Expiry(models.TextChoices):
+        DAY = "1", _("1 day")
+        WEEK = "7", _("7 days")
+        MONTH = "30", _("30 days")
+        NEVER = "never", _("Never")
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="share_links")
+    image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.CASCADE, related_name="share_links")
+    generation = models.ForeignKey(Generation, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="share_links")
+    collection = models.ForeignKey(Collection, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="share_links")
+    secret = models.CharField(max_length=64, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    show_parameters = models.BooleanField(default=False)
+    allow_downloads = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    views = models.PositiveIntegerField(default=0)
+    last_viewed_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    objects = ShareLinkQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(image__isnull=False, generation__isnull=True, collection__isnull=True)
+                           | Q(image__isnull=True, generation__isnull=False, collection__isnull=True)
+                           | Q(image__isnull=True, generation__isnull=True, collection__isnull=False)),
+                name="share_link_covers_one_thing"),
+        ]
+        indexes = [models.Index(fields=["owner", "-created"], name="share_link_owner_created")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} link by {self.owner}"
+
+    @staticmethod
+    def token_for(secret: str) -> str:
+        mac = salted_hmac("gallery.ShareLink.token", secret, algorithm="sha256").digest()
+        return base64.urlsafe_b64encode(mac[:24]).decode()  # 192 bits, 32 URL-safe characters
+
+    @staticmethod
+    def digest_of(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def create(cls, owner, target, *, expiry: str, show_parameters: bool, allow_downloads: bool) -> "ShareLink":
+        secret = secrets.token_hex(32)
+        days = None if expiry == cls.Expiry.NEVER else int(expiry)
+        return cls.objects.create(
+            owner=owner, **{target._meta.model_name: target},
+            secret=secret, digest=cls.digest_of(cls.token_for(secret)),
+            show_parameters=show_parameters, allow_downloads=allow_downloads,
+            expires_at=timezone.now() + timedelta(days=days) if days else None)
+
+    @classmethod
+    def find_live(cls, token: str) -> "ShareLink | None":
+        """The live link this token opens; None for an unknown, expired or revoked one alike."""
+        if not token or len(token) > 64:
+            return None
+        return (cls.objects.live().select_related("owner", "image", "generation", "collection")
+                .filter(digest=cls.digest_of(token)).first())
+
+    @property
+    def token(self) -> str:
+        return self.token_for(self.secret)
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.image_id else "generation" if self.generation_id else "collection"
+
+    @property
+    def target(self):
+        return self.image or self.generation or self.collection
+
+    @property
+    def is_live(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def can_view(self, user) -> bool:
+        """Managing a link (seeing it on /shared/, copying, revoking) is for its maker and staff."""
+        return user.is_active and (self.owner_id == user.pk or user.is_staff)
+
+    def can_change(self, user) -> bool:
+        return self.can_view(user)
+
+    def images(self) -> ImageQuerySet:
+        """What the link shows, in the order it shows it (without the search vector, which it never needs)."""
+        if self.image_id:
+            images = Image.objects.filter(pk=self.image_id)
+        elif self.generation_id:
+            images = Image.objects.filter(generation_id=self.generation_id).order_by("index")
+        else:
+            images = self.collection.ordered_images()
+        return images.defer("search")
+
+    def covers(self, image_id: int) -> bool:
+        return self.images().filter(pk=image_id).exists()
+
+    def revoke(self) -> None:
+        ShareLink.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.refresh_from_db(fields=["revoked_at"])
+
+    def record_view(self) -> None:
+        """One UPDATE per page view; image requests under the link write nothing."""
+        ShareLink.objects.filter(pk=self.pk).update(views=F("views") + 1, last_viewed_at=timezone.now())

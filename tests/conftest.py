@@ -124,6 +124,8 @@ def studio_settings(s3_endpoint, sim_url):
         QWEN_DOWNLOAD_HOSTS=[sim_url.removeprefix("http://")], CELERY_BROKER_URL=TEST_BROKER,
         # Images redirect to moto's signed URLs, as they would to any S3 endpoint's.
         SECURE_CSP={**settings.SECURE_CSP, "img-src": [CSP.SELF, s3_endpoint]},
+        # Django's real hasher takes most of a second per user; tests make hundreds.
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
     )
     overrides.enable()
     yield

@@ -15,8 +15,8 @@ from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gallery.forms import GalleryFilterForm, GenerateForm
-from gallery.models import Generation
+from gallery.forms import GalleryFilterForm, GenerateForm, ShareForm
+from gallery.models import Collection, Generation, ShareLink
 from tests.test_gallery import make_image
 
 settings.register_profile("ci", derandomize=True, database=None)
@@ -69,9 +69,16 @@ def world(alice, bob):
     mine, theirs = make_image(alice, "alice's 小猫"), make_image(bob, "bob's lighthouse")
     job = Generation.objects.create(owner=bob, prompt="bob's queued", model="wan2.2-t2i-flash", width=1024,
                                     height=1024, seed=1)
+    own, others = Collection.objects.create(owner=alice, name="mine"), Collection.objects.create(owner=bob, name="bob")
+    own.add([mine.pk, theirs.pk])
+    others.add([theirs.pk])
+    link = ShareLink.create(alice, own, expiry=ShareLink.Expiry.DAY, show_parameters=False, allow_downloads=True)
+    bobs_link = ShareLink.create(bob, theirs, expiry=ShareLink.Expiry.DAY, show_parameters=True,
+                                 allow_downloads=False)
     client = Client()
     client.force_login(alice)
-    return {"client": client, "mine": mine, "theirs": theirs, "job": job}
+    return {"client": client, "mine": mine, "theirs": theirs, "job": job, "own": own, "others": others,
+            "link": link, "bobs_link": bobs_link, "token": link.token}
 
 
 def assert_no_5xx(response, what):
@@ -95,9 +102,32 @@ def assert_no_5xx(response, what):
     ("post", "/i18n/setlang/", ["language", "next"]),
     ("get", "/accounts/login/", ["next"]),
     ("post", "/accounts/login/", ["username", "password", "next"]),
+    ("get", "/collections/", ["q"]),
+    ("post", "/collections/", ["name"]),
+    ("get", "/collections/picker/", ["images"]),
+    ("post", "/collections/picker/", ["images", "name", "collection"]),
+    ("get", "/collections/{own}/", []),
+    ("post", "/collections/{own}/rename/", ["name"]),
+    ("post", "/collections/{others}/rename/", ["name"]),
+    ("post", "/collections/{own}/add/", ["images"]),
+    ("post", "/collections/{own}/remove/", ["images"]),
+    ("post", "/collections/{own}/move/", ["image", "direction"]),
+    ("post", "/collections/{own}/order/", ["order"]),
+    ("post", "/collections/{others}/order/", ["order"]),
+    ("get", "/collections/{own}/download/", []),
+    ("post", "/collections/{others}/delete/", []),
+    ("post", "/share/image/{mine}/", [*ShareForm.base_fields]),
+    ("post", "/share/collection/{own}/", [*ShareForm.base_fields]),
+    ("post", "/share/generation/{job}/", [*ShareForm.base_fields]),
+    ("get", "/shared/", []),
+    ("post", "/shared/{bobs_link}/revoke/", []),
+    ("get", "/s/{token}/", []),
+    ("get", "/s/{token}/images/{mine}/grid/", []),
+    ("get", "/s/{token}/download/", []),
 ])
 def test_no_parameter_value_makes_a_server_error(world, data, method, path, names):
-    url = path.format(mine=world["mine"].pk, theirs=world["theirs"].pk, job=world["job"].pk)
+    url = path.format(mine=world["mine"].pk, theirs=world["theirs"].pk, job=world["job"].pk, own=world["own"].pk,
+                      others=world["others"].pk, bobs_link=world["bobs_link"].pk, token=world["token"])
     sent = data.draw(params(names), label="params")
     headers = data.draw(HEADERS, label="headers")
     response = getattr(world["client"], method)(url, sent, **headers)
@@ -108,11 +138,15 @@ def test_no_parameter_value_makes_a_server_error(world, data, method, path, name
 @given(image_id=PATH_IDS, job_id=st.one_of(st.uuids().map(str), st.just(str(uuid.UUID(int=0)))),
        variant=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="/?#%"), min_size=1, max_size=20))
 def test_no_id_or_name_in_a_path_makes_a_server_error(world, image_id, job_id, variant):
-    client = world["client"]
+    client, token = world["client"], world["token"]
     for url, method in [(f"/gallery/{image_id}/", "get"), (f"/gallery/{image_id}/favourite/", "post"),
                         (f"/gallery/{image_id}/delete/", "post"), (f"/images/{image_id}/grid/", "get"),
                         (f"/images/{world['mine'].pk}/{variant}/", "get"), (f"/jobs/{job_id}/", "get"),
-                        (f"/jobs/{job_id}/cancel/", "post")]:
+                        (f"/jobs/{job_id}/cancel/", "post"), (f"/collections/{image_id}/", "get"),
+                        (f"/collections/{image_id}/delete/", "post"), (f"/share/{variant}/{image_id}/", "post"),
+                        (f"/share/image/{variant}/", "post"), (f"/shared/{image_id}/revoke/", "post"),
+                        (f"/s/{variant}/", "get"), (f"/s/{token}/images/{image_id}/{variant}/", "get"),
+                        (f"/s/{variant}/download/", "get")]:
         assert_no_5xx(getattr(client, method)(url), f"{method.upper()} {url}")
 
 

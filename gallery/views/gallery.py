@@ -1,0 +1,125 @@
+"""The gallery: the grid with search and filters, an image's page, its files, favourite and delete."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import content_disposition_header
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from gallery import browse, downloads, search, storage
+from gallery.diff import prompt_diff
+from gallery.forms import GalleryFilterForm
+from gallery.models import Favourite, Image
+from gallery.views.common import HtmxHttpRequest, changeable, safe_next, viewable
+
+
+@login_required
+@require_GET
+def image_file(request: HtmxHttpRequest, image_id: int, variant: str) -> HttpResponse:
+    image = viewable(Image.objects.select_related("generation").prefetch_related("renditions"), request.user,
+                     pk=image_id)
+    if variant == "original" and "download" in request.GET:
+        # Streamed through us, to write the parameters into the file on the way; storage keeps the original.
+        response = StreamingHttpResponse(downloads.original(image, include_parameters=True), content_type="image/png")
+        response["Content-Disposition"] = content_disposition_header(
+            True, downloads.download_name(image, image.index + 1))
+        return response
+    if variant == "original":
+        return storage.serve(image.file)
+    rendition = image.rendition(variant)
+    if rendition is None:
+        raise Http404
+    return storage.serve(rendition.file)
+
+
+@login_required
+@require_GET
+def gallery(request: HtmxHttpRequest) -> HttpResponse:
+    form, filters, query = _gallery_filters(request)
+    cursor = filters.get("cursor")
+    page = browse.page(request.user, filters, query, cursor)
+    favourites = set(Favourite.objects.filter(user=request.user, image__in=page.images)
+                     .values_list("image_id", flat=True))
+    context = {"form": form, "page": page, "query": query, "favourites": favourites,
+               "filters": _without(request.GET, "cursor"), "urls": _tile_urls(), "labels": _tile_labels()}
+    status = 400 if form.errors else 200
+    if request.htmx and cursor:
+        return render(request, "gallery/gallery.html#tiles", context, status=status)
+    return render(request, "gallery/gallery.html", context, status=status)
+
+
+def _gallery_filters(request) -> tuple[GalleryFilterForm, dict, search.Query]:
+    """The gallery's filters and search from the URL; invalid ones are shown on the form and ignored."""
+    form = GalleryFilterForm(request.GET)
+    form.is_valid()
+    filters = form.cleaned_data  # the valid fields only
+    return form, filters, search.parse(filters.get("q", ""))
+
+
+def _tile_urls() -> dict[str, str]:
+    """Prefixes the tiles append ids to: reversing ~10 URLs for each of 30 tiles cost milliseconds."""
+    return {"detail": reverse("gallery-index"), "generate": reverse("gallery-generate"),
+            "images": reverse("gallery-image-file", args=[0, "grid"]).removesuffix("0/grid/")}
+
+
+def _tile_labels() -> dict[str, str]:
+    return {"reuse": _("Reuse prompt"), "reuse_seed": _("Reuse with seed"), "use_revised": _("Use revised prompt")}
+
+
+def _without(params, *names: str) -> str:
+    kept = params.copy()
+    for name in names:
+        kept.pop(name, None)
+    return kept.urlencode()
+
+
+@login_required
+@require_GET
+def image_detail(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
+    image = viewable(Image.objects.select_related("generation", "owner"), request.user, pk=image_id)
+    _, filters, query = _gallery_filters(request)
+    around = browse.filtered(request.user, filters)
+    if not query.is_empty:
+        around = around.filter(search=query.tsquery())
+    newer = around.after(image.created, image.pk).order_by("created", "id").only("id").first()
+    older = around.before(image.created, image.pk).newest_first().only("id").first()
+    siblings = image.generation.images.prefetch_related("renditions").order_by("index")
+    context = {
+        "image": image, "generation": image.generation, "siblings": siblings, "newer": newer, "older": older,
+        "filters": _without(request.GET, "cursor"), "query": query,
+        "is_favourite": Favourite.objects.filter(user=request.user, image=image).exists(),
+        "can_delete": image.can_change(request.user),
+        "prompt_diff": prompt_diff(image.generation.prompt, image.revised_prompt) if image.revised_prompt else None,
+    }
+    return render(request, "gallery/detail.html", context)
+
+
+@login_required
+@require_POST
+def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
+    image = viewable(Image.objects, request.user, pk=image_id)
+    mark, created = Favourite.objects.get_or_create(user=request.user, image=image)
+    if not created:
+        mark.delete()
+    if request.htmx and request.POST.get("tile"):
+        context = {"image": image, "is_favourite": created, "urls": _tile_urls()}
+        return render(request, "gallery/gallery.html#tile-favourite", context)
+    if request.htmx:
+        return render(request, "gallery/favourite.html", {"image": image, "is_favourite": created})
+    return HttpResponseRedirect(safe_next(request, reverse("gallery-detail", args=[image.pk])))
+
+
+@login_required
+@require_POST
+def delete_image(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
+    image = changeable(Image.objects, request.user, pk=image_id)
+    try:
+        image.delete_with_files()
+    except storage.StorageError:
+        messages.error(request, _("Storage could not be reached, so nothing was deleted. Please try again."))
+        return redirect("gallery-detail", image.pk)
+    messages.success(request, _("The image and its files were deleted."))
+    return redirect("gallery-index")
