@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 
-from gallery.models import Collection, CollectionItem, Generation, Image, ShareLink
+from gallery.models import Collection, CollectionItem, Generation, Image, Quota, ShareLink
 
 
 class CollectionItemInline(admin.TabularInline):
@@ -51,3 +53,18 @@ class ImageAdmin(admin.ModelAdmin):
     list_filter = ["model", "shape"]
     raw_id_fields = ["owner", "generation"]
     exclude = ["search"]
+
+
+class QuotaInline(admin.StackedInline):
+    model = Quota
+    verbose_name = verbose_name_plural = "Daily image quota"
+    can_delete = False  # emptying the field puts the designer back on the studio default
+
+
+# Django's User admin, with the designer's daily quota on the same page.
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class DesignerAdmin(UserAdmin):
+    inlines = [*UserAdmin.inlines, QuotaInline]

@@ -4,7 +4,7 @@ choices and the worker.
 Defaults follow ../shared/API.md. An operator adapts them without a code change
 by pointing QWEN_CATALOG_FILE at a JSON file such as
 
-    {"models": {"qwen-image-plus": {"prompt_max": 1000, "per_call": 1},
+    {"models": {"qwen-image-plus": {"prompt_max": 1000, "per_call": 1, "price": "0.25"},
                 "my-new-model": {"label": "New", "rule": "sides", "presets": ["1024*1024"]}},
      "hidden": ["wanx2.0-t2i-turbo"]}
 
@@ -13,6 +13,7 @@ where each entry overrides fields of a default model or adds a new one.
 
 import json
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
@@ -70,6 +71,8 @@ class ModelSpec:
     min_aspect: Fraction = Fraction(1, 4)
     max_aspect: Fraction = Fraction(4)
     recommended: bool = False
+    # CNY per image the provider bills; None where the price list gave none (shown as unknown, not 0).
+    price: Decimal | None = None
     notes: tuple[str, ...] = field(default=())
 
     def size_error(self, size: Size) -> str | None:
@@ -114,10 +117,12 @@ AREA_PRESETS = _sizes("1280*1280", "1440*1440", "1600*1200", "1200*1600", "1920*
 QWEN_PRESETS = _sizes("1328*1328", "1024*1024", "1440*1080", "1080*1440", "1440*810", "810*1440")
 
 DEFAULT_MODELS = (
-    ModelSpec("wan2.6-t2i", "Wan 2.6", "area", 2100, presets=AREA_PRESETS, recommended=True),
+    ModelSpec("wan2.6-t2i", "Wan 2.6", "area", 2100, presets=AREA_PRESETS, recommended=True, price=Decimal("0.20")),
     ModelSpec("wan2.5-t2i-preview", "Wan 2.5 preview", "area", 2000, presets=AREA_PRESETS, recommended=True),
-    ModelSpec("qwen-image-plus", "Qwen-Image Plus", "sides", 800, per_call=1, presets=QWEN_PRESETS),
-    ModelSpec("qwen-image-max", "Qwen-Image Max", "sides", 800, per_call=1, presets=QWEN_PRESETS),
+    ModelSpec("qwen-image-plus", "Qwen-Image Plus", "sides", 800, per_call=1, presets=QWEN_PRESETS,
+              price=Decimal("0.20")),
+    ModelSpec("qwen-image-max", "Qwen-Image Max", "sides", 800, per_call=1, presets=QWEN_PRESETS,
+              price=Decimal("0.50")),
     ModelSpec("wan2.2-t2i-flash", "Wan 2.2 Flash", "sides", 500, presets=SIDE_PRESETS),
     ModelSpec("wan2.2-t2i-plus", "Wan 2.2 Plus", "sides", 500, presets=SIDE_PRESETS),
     ModelSpec("wanx2.1-t2i-turbo", "Wanx 2.1 Turbo", "sides", 500, presets=SIDE_PRESETS),
@@ -140,6 +145,14 @@ def _apply(base: ModelSpec | None, name: str, entry: dict) -> ModelSpec:
             if not isinstance(value, wanted) or isinstance(value, bool) and wanted is not bool:
                 raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} must be {wanted.__name__}")
             changes[key] = value
+        elif key == "price":
+            try:
+                # A string or a number in the file; null says the price is not known.
+                changes[key] = None if value is None else Decimal(str(value))
+            except InvalidOperation:
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.price must be a number such as 0.2") from None
+            if changes[key] is not None and (not changes[key].is_finite() or changes[key] < 0):
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.price must be a number such as 0.2")
         elif key in {"min_aspect", "max_aspect"}:
             try:
                 changes[key] = Fraction(str(value))

@@ -3,11 +3,15 @@ import secrets
 from datetime import date
 
 from django import forms
+from django.db import transaction
+from django.utils.timesince import timeuntil
 from django.utils.translation import gettext_lazy as _
 
+from gallery import quotas
 from gallery.browse import Cursor
 from gallery.catalog import MAX_IMAGES, MAX_SEED, NEGATIVE_PROMPT_MAX, Size, catalog, default_model, get_model
 from gallery.models import Collection, Generation, Image, ShareLink
+from gallery.tasks import enqueue
 
 CUSTOM = "custom"
 # Control characters (but tab and newlines) and the bidirectional overrides and isolates that
@@ -134,6 +138,22 @@ class GenerateForm(forms.Form):
         cleaned["size_value"] = size
         return cleaned
 
+    def queue(self, owner) -> Generation | None:
+        """Queue the job if the designer's quota has room for it; otherwise say why on the form."""
+        images = self.cleaned_data["n"]
+        with transaction.atomic():
+            standing = quotas.reserve(owner, images)
+            if not standing.allows(images):
+                self.add_error(None, _(
+                    "That would go past your quota: %(used)d of your %(limit)d images today are used or on "
+                    "their way, and this asks for %(n)d. Your quota resets at midnight, in %(wait)s."
+                ) % {"used": standing.used, "limit": standing.limit, "n": images,
+                     "wait": timeuntil(standing.resets_at, depth=2)})
+                return None
+            generation = self.create_generation(owner)
+            transaction.on_commit(lambda: enqueue(generation.pk))
+        return generation
+
     def create_generation(self, owner) -> Generation:
         data = self.cleaned_data
         seed = data["seed"] if data.get("seed") is not None else secrets.randbelow(MAX_SEED + 1)
@@ -254,3 +274,39 @@ class ShareForm(forms.Form):
                                initial=ShareLink.Expiry.WEEK)
     show_parameters = forms.BooleanField(label=_("Show prompt and parameters"), required=False, initial=False)
     allow_downloads = forms.BooleanField(label=_("Allow downloads"), required=False, initial=True)
+
+
+MAX_DAILY_IMAGES = 100_000
+QUOTA_ERROR = _("A daily quota is a whole number of images from 0 to 100000, or empty for the studio default.")
+MONTH_ERROR = _("Choose a month between 1900-01 and 9998-12, written as YYYY-MM.")
+
+
+class QuotaForm(forms.Form):
+    """A designer's own daily quota, set by staff on the Team page; empty puts them back on the studio default."""
+
+    daily_images = forms.IntegerField(
+        label=_("Images a day"), required=False, min_value=0, max_value=MAX_DAILY_IMAGES,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric", "placeholder": _("Default")}),
+        error_messages={key: QUOTA_ERROR for key in ("invalid", "min_value", "max_value")},
+    )
+
+
+class UsageFilterForm(forms.Form):
+    """The Usage page's month, as ?month=YYYY-MM; without one, the current month."""
+
+    month = forms.CharField(
+        label=_("Month"), required=False, max_length=7, widget=forms.TextInput(attrs={"type": "month"}),
+        error_messages={"max_length": MONTH_ERROR, "null_characters_not_allowed": MONTH_ERROR},
+    )
+
+    def clean_month(self) -> date | None:
+        value = self.cleaned_data["month"]
+        if not value:
+            return None
+        # [0-9], not \d: int() would take other scripts' digits too.
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}", value):
+            raise forms.ValidationError(MONTH_ERROR, code="invalid")
+        year, month = int(value[:4]), int(value[5:])
+        if not 1 <= month <= 12 or not EARLIEST_DATE.year <= year <= LATEST_DATE.year:
+            raise forms.ValidationError(MONTH_ERROR, code="out_of_range")
+        return date(year, month, 1)

@@ -9,7 +9,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models, transaction
 from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
@@ -31,6 +31,24 @@ class GenerationQuerySet(models.QuerySet):
             Q(status=Generation.Status.QUEUED) | _running_without_lease(now),
             updated__lt=quiet,
         )
+
+    def created_between(self, start, end) -> "GenerationQuerySet":
+        """Jobs created from start up to, not including, end."""
+        return self.filter(created__gte=start, created__lt=end)
+
+    def billed_per(self, *fields: str) -> models.QuerySet:
+        """Images billed by the settled jobs here (ended, billed_images set), summed per value of fields.
+
+        `day` is the day a job was created, in the studio's time zone.
+        """
+        day = TruncDate("created", tzinfo=timezone.get_default_timezone())
+        return (self.filter(status__in=Generation.FINISHED, billed_images__isnull=False).annotate(day=day)
+                .values(*fields).annotate(images=models.Sum("billed_images")).order_by(*fields))
+
+    def held_per(self, *fields: str) -> models.QuerySet:
+        """Images held by the jobs here still queued or running, and how many jobs, summed per value of fields."""
+        return (self.filter(status__in=[Generation.Status.QUEUED, Generation.Status.RUNNING])
+                .values(*fields).annotate(images=models.Sum("n"), jobs=models.Count("pk")).order_by(*fields))
 
 
 class Generation(models.Model):
@@ -68,6 +86,9 @@ class Generation(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     unconfirmed_calls = models.PositiveSmallIntegerField(default=0)
     retries = models.PositiveSmallIntegerField(default=0)
+    # Images the provider billed, settled when the job ends; until then the job holds n of its
+    # maker's daily quota.
+    billed_images = models.PositiveSmallIntegerField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     api_seconds = models.FloatField(default=0)
 
@@ -142,7 +163,7 @@ class Generation(models.Model):
     def cancel(self) -> bool:
         """Cancel a job no worker has started; a running call can't be taken back."""
         canceled = Generation.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.CANCELED, finished_at=timezone.now(), updated=timezone.now())
+            status=self.Status.CANCELED, finished_at=timezone.now(), updated=timezone.now(), billed_images=0)
         self.refresh_from_db()
         return bool(canceled)
 
@@ -151,10 +172,16 @@ class Generation(models.Model):
             setattr(self, name, value)
         self.save(update_fields=[*fields, "updated"])
 
+    @property
+    def images_answered(self) -> int:
+        """Images the provider sent back, and so billed (API.md: it bills the images it returns)."""
+        return sum(len(answer["results"]) for answer in self.answers)
+
     def finish(self, status: str, error_code: str = "", error_message: str = "") -> None:
+        """End the job, settling its quota to what the provider billed: images that never came are given back."""
         self.save_progress(status=status, error_code=error_code, error_message=error_message,
                            status_detail="", lease_until=None, call_in_flight=None,
-                           finished_at=timezone.now())
+                           finished_at=timezone.now(), billed_images=self.images_answered)
 
 
 class ImageQuerySet(models.QuerySet):
@@ -244,6 +271,18 @@ class Favourite(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} ♥ {self.image}"
+
+
+class Quota(models.Model):
+    """A designer's own daily allowance of images, set by staff; without one, QWEN_DAILY_IMAGE_QUOTA."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+                                related_name="quota")
+    daily_images = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Images a day; empty for the studio's default (QWEN_DAILY_IMAGE_QUOTA).")
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.daily_images if self.daily_images is not None else 'default'}"
 
 
 class Rendition(models.Model):

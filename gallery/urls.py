@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from gallery.views import collections, gallery, generate, public, sharing
+from gallery.views import collections, gallery, generate, public, sharing, team
 
 urlpatterns = [
     path("", generate.generate, name="gallery-generate"),
@@ -27,6 +27,10 @@ urlpatterns = [
     path("share/<str:kind>/<str:target_id>/", sharing.create, name="gallery-share"),
     path("shared/", sharing.index, name="gallery-shared"),
     path("shared/<int:link_id>/revoke/", sharing.revoke, name="gallery-share-revoke"),
+
+    path("team/", team.index, name="gallery-team"),
+    path("team/<int:user_id>/quota/", team.set_quota, name="gallery-team-quota"),
+    path("usage/", team.usage, name="gallery-usage"),
 
     path("s/<str:token>/", public.page, name="gallery-public"),
     path("s/<str:token>/images/<int:image_id>/<str:variant>/", public.image_file, name="gallery-public-image"),

@@ -194,6 +194,8 @@ QWEN_DOWNLOAD_MAX_BYTES = envint("QWEN_DOWNLOAD_MAX_BYTES", 40 * 1024 * 1024, mi
 # The whole download of one result, however slowly the server sends it, must end within this.
 QWEN_DOWNLOAD_SECONDS = envint("QWEN_DOWNLOAD_SECONDS", 60, minimum=1)
 QWEN_CATALOG_FILE = envstr("QWEN_CATALOG_FILE")
+# Images each designer may have billed a day (the studio's time zone), unless staff set their own.
+QWEN_DAILY_IMAGE_QUOTA = envint("QWEN_DAILY_IMAGE_QUOTA", 200)
 
 CELERY_BROKER_URL = envurl("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_ACKS_LATE = True

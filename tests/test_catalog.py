@@ -201,3 +201,26 @@ def test_catalog_file_that_is_not_json_is_refused_naming_the_setting(settings, t
 
     with pytest.raises(ImproperlyConfigured, match="QWEN_CATALOG_FILE"):
         fresh_catalog()
+
+
+@pytest.mark.parametrize(("name", "price"), [
+    ("wan2.6-t2i", "0.20"), ("qwen-image-plus", "0.20"), ("qwen-image-max", "0.50"), ("wan2.2-t2i-flash", None),
+])
+def test_prices_come_from_the_providers_list_and_unknown_ones_stay_unknown(name, price):
+    from decimal import Decimal
+
+    assert build_catalog()[name].price == (None if price is None else Decimal(price))
+
+
+@pytest.mark.parametrize(("given", "expected"), [("0.25", "0.25"), (0.3, "0.3"), (None, None)])
+def test_an_operator_sets_or_clears_a_price(given, expected):
+    from decimal import Decimal
+
+    spec = build_catalog({"models": {"wan2.6-t2i": {"price": given}}})["wan2.6-t2i"]
+    assert spec.price == (None if expected is None else Decimal(expected))
+
+
+@pytest.mark.parametrize("price", ["cheap", "-1", "NaN", "Infinity", [1]])
+def test_a_malformed_price_stops_start_up_naming_it(price):
+    with pytest.raises(ImproperlyConfigured, match="wan2.6-t2i.price"):
+        build_catalog({"models": {"wan2.6-t2i": {"price": price}}})

@@ -75,6 +75,9 @@ def world(alice, bob):
     link = ShareLink.create(alice, own, expiry=ShareLink.Expiry.DAY, show_parameters=False, allow_downloads=True)
     bobs_link = ShareLink.create(bob, theirs, expiry=ShareLink.Expiry.DAY, show_parameters=True,
                                  allow_downloads=False)
+    # Staff, so that the staff pages' own input is reached, not only their refusal.
+    alice.is_staff = True
+    alice.save()
     client = Client()
     client.force_login(alice)
     return {"client": client, "mine": mine, "theirs": theirs, "job": job, "own": own, "others": others,
@@ -124,10 +127,14 @@ def assert_no_5xx(response, what):
     ("get", "/s/{token}/", []),
     ("get", "/s/{token}/images/{mine}/grid/", []),
     ("get", "/s/{token}/download/", []),
+    ("get", "/team/", []),
+    ("post", "/team/{bob_id}/quota/", ["daily_images"]),
+    ("get", "/usage/", ["month"]),
 ])
 def test_no_parameter_value_makes_a_server_error(world, data, method, path, names):
     url = path.format(mine=world["mine"].pk, theirs=world["theirs"].pk, job=world["job"].pk, own=world["own"].pk,
-                      others=world["others"].pk, bobs_link=world["bobs_link"].pk, token=world["token"])
+                      others=world["others"].pk, bobs_link=world["bobs_link"].pk, token=world["token"],
+                      bob_id=world["theirs"].owner_id)
     sent = data.draw(params(names), label="params")
     headers = data.draw(HEADERS, label="headers")
     response = getattr(world["client"], method)(url, sent, **headers)

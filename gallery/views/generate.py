@@ -2,17 +2,16 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from gallery import quotas
 from gallery.catalog import get_model
 from gallery.forms import CUSTOM, GenerateForm, ReuseForm
 from gallery.models import Generation, Image
-from gallery.tasks import enqueue
 from gallery.views.common import HtmxHttpRequest, changeable, viewable
 
 RECENT_JOBS = 24
@@ -29,24 +28,25 @@ def generate(request: HtmxHttpRequest) -> HttpResponse:
         reuse = ReuseForm(request.GET)
         if not reuse.is_valid():
             messages.error(request, _("That reuse link is broken, so the form starts empty."))
-            return render(request, "gallery/generate.html",
-                          {"form": GenerateForm(), "jobs": _recent_jobs(request.user)}, status=400)
-        form = GenerateForm(initial=_reuse(request.user, **reuse.cleaned_data))
-        return render(request, "gallery/generate.html", {"form": form, "jobs": _recent_jobs(request.user)})
+            return _page(request, GenerateForm(), status=400)
+        return _page(request, GenerateForm(initial=_reuse(request.user, **reuse.cleaned_data)))
     form = GenerateForm(request.POST)
-    if not form.is_valid():
+    generation = form.queue(request.user) if form.is_valid() else None
+    if generation is None:
         if request.htmx:
-            return render(request, "gallery/generate.html#form", {"form": form})
-        return render(request, "gallery/generate.html", {"form": form, "jobs": _recent_jobs(request.user)},
-                      status=422)
-    with transaction.atomic():
-        generation = form.create_generation(request.user)
-        transaction.on_commit(lambda: enqueue(generation.pk))
+            return render(request, "gallery/generate.html#form", {"form": form, "quota": quotas.standing(request.user)})
+        return _page(request, form, status=422)
     if not request.htmx:
         messages.success(request, _("Queued. Your images will appear below."))
         return redirect("gallery-generate")
     # The form keeps what was typed, so the designer can vary it and generate again.
-    return render(request, "gallery/generate.html#form-and-new-job", {"form": form, "job": generation})
+    context = {"form": form, "job": generation, "quota": quotas.standing(request.user)}
+    return render(request, "gallery/generate.html#form-and-new-job", context)
+
+
+def _page(request, form: GenerateForm, status: int = 200) -> HttpResponse:
+    context = {"form": form, "jobs": _recent_jobs(request.user), "quota": quotas.standing(request.user)}
+    return render(request, "gallery/generate.html", context, status=status)
 
 
 def _reuse(user, reuse: int | None, again, **options) -> dict | None:
