@@ -6,6 +6,7 @@ way out, right after IHDR, in the text layout the AUTOMATIC1111 web UI writes an
 browsers read.
 """
 
+import itertools
 import json
 import struct
 import zlib
@@ -15,9 +16,9 @@ from django.utils.text import slugify
 from zipstream import ZIP_STORED, ZipStream
 
 from gallery import storage
+from gallery.client import PNG_SIGNATURE
 from gallery.models import Image
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROMPT_WORDS = 6
 
 
@@ -119,8 +120,13 @@ class _Reader:
 
 
 def original(image: Image, include_parameters: bool) -> Iterator[bytes]:
-    """The stored original with its parameters added, or without any text at all when they must stay hidden."""
-    chunks = storage.chunks(image.file)
+    """The stored original with its parameters added, or without any text at all when they must stay hidden.
+
+    Storage is read here, before the caller answers, so a missing file raises StorageError now
+    rather than cutting a response already sent as 200.
+    """
+    stored = storage.chunks(image.file)
+    chunks = itertools.chain([next(stored, b"")], stored)
     return with_parameters(chunks, parameters_text(image)) if include_parameters else without_text(chunks)
 
 

@@ -142,7 +142,7 @@ class GenerateForm(forms.Form):
         """Queue the job if the designer's quota has room for it; otherwise say why on the form."""
         images = self.cleaned_data["n"]
         with transaction.atomic():
-            standing = quotas.reserve(owner, images)
+            standing = quotas.reserve(owner)
             if not standing.allows(images):
                 self.add_error(None, _(
                     "That would go past your quota: %(used)d of your %(limit)d images today are used or on "

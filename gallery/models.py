@@ -402,6 +402,10 @@ class CollectionItem(models.Model):
 
 
 class ShareLinkQuerySet(models.QuerySet):
+    def managed_by(self, user) -> "ShareLinkQuerySet":
+        """The links user may manage (ShareLink.can_change): their own, or every one for staff."""
+        return self if user.is_staff else self.filter(owner=user)
+
     def live(self) -> "ShareLinkQuerySet":
         now = timezone.now()
         # A designer who leaves the studio takes their links with them.
@@ -496,7 +500,9 @@ class ShareLink(models.Model):
 
     @property
     def is_live(self) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+        # As live() has it: a deactivated designer's links end with the account.
+        return (self.owner.is_active and self.revoked_at is None
+                and (self.expires_at is None or self.expires_at > timezone.now()))
 
     def can_view(self, user) -> bool:
         """Managing a link (seeing it on /shared/, copying, revoking) is for its maker and staff."""
@@ -514,9 +520,6 @@ class ShareLink(models.Model):
         else:
             images = self.collection.ordered_images()
         return images.defer("search")
-
-    def covers(self, image_id: int) -> bool:
-        return self.images().filter(pk=image_id).exists()
 
     def revoke(self) -> None:
         ShareLink.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

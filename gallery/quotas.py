@@ -6,7 +6,7 @@ a canceled one gives back everything. Days run midnight to midnight in the studi
 """
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db.models import Sum
@@ -30,18 +30,32 @@ class Standing:
         return self.used + images <= self.limit
 
 
+def midnight(day: date) -> datetime:
+    """The start of day in the studio's time zone."""
+    return datetime.combine(day, time.min, timezone.get_current_timezone())
+
+
 def day_start(now: datetime | None = None) -> datetime:
-    local = timezone.localtime(now)
-    return datetime.combine(local.date(), time.min, local.tzinfo)
+    return midnight(timezone.localdate(now))
 
 
 def next_reset(now: datetime | None = None) -> datetime:
-    local = timezone.localtime(now)
-    return datetime.combine(local.date() + timedelta(days=1), time.min, local.tzinfo)
+    return midnight(timezone.localdate(now) + timedelta(days=1))
+
+
+def used_today_by_owner() -> dict[int, int]:
+    """used_today for every designer at once, for the Team page."""
+    rows = (Generation.objects.filter(created__gte=day_start()).values("owner")
+            .annotate(used=Sum(Coalesce("billed_images", "n"))))
+    return {row["owner"]: row["used"] for row in rows}
 
 
 def daily_limit(user) -> int:
-    own = Quota.objects.filter(user=user).values_list("daily_images", flat=True).first()
+    return limit_of(Quota.objects.filter(user=user).values_list("daily_images", flat=True).first())
+
+
+def limit_of(own: int | None) -> int:
+    """The limit for a designer whose own quota is `own` (None: the studio's default)."""
     return settings.QWEN_DAILY_IMAGE_QUOTA if own is None else own
 
 
@@ -55,7 +69,7 @@ def standing(user) -> Standing:
     return Standing(used_today(user), daily_limit(user), next_reset())
 
 
-def reserve(user, images: int) -> Standing:
+def reserve(user) -> Standing:
     """The designer's standing, with their row locked until the transaction ends, so that two
     submits at once cannot both take the last images. Call inside transaction.atomic()."""
     Quota.objects.get_or_create(user=user)

@@ -58,23 +58,17 @@ def delete(keys: list[str]) -> None:
         raise StorageError(f"could not delete {key}: {type(error).__name__}") from error
 
 
-def serve(key: str, download_name: str | None = None, *, expires: int | None = None) -> HttpResponse:
+def serve(key: str, *, expires: int | None = None) -> HttpResponse:
     """A response that gets the browser the file: a short-lived signed URL, or the bytes.
 
     With `expires` (a share link's routes) the signed URL lives that many seconds and nothing may
     be cached, so that revoking the link ends access at once.
     """
     if _is_local():
-        response = FileResponse(default_storage.open(key, "rb"), as_attachment=bool(download_name),
-                                filename=download_name or "",
-                                content_type=CONTENT_TYPES.get(key[key.rfind("."):]))
+        response = FileResponse(default_storage.open(key, "rb"), content_type=CONTENT_TYPES.get(key[key.rfind("."):]))
         response["Cache-Control"] = "no-store" if expires else "private, max-age=86400, immutable"
         return response
-    parameters = {}
-    if download_name:
-        parameters["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
-    url = default_storage.url(key, parameters=parameters or None, expire=expires)
-    response = HttpResponseRedirect(url)
+    response = HttpResponseRedirect(default_storage.url(key, expire=expires))
     # The signed URL stays valid longer than this, so the browser may reuse the redirect.
     response["Cache-Control"] = ("no-store" if expires
                                  else f"private, max-age={max(settings.AWS_QUERYSTRING_EXPIRE // 2, 30)}")
@@ -85,13 +79,16 @@ CHUNK = 256 * 1024
 
 
 def chunks(key: str) -> Iterator[bytes]:
-    """The file's bytes a piece at a time, never the whole file in memory or on disk."""
-    if _is_local():
-        with default_storage.open(key, "rb") as handle:
-            yield from iter(lambda: handle.read(CHUNK), b"")
-        return
-    body = default_storage.bucket.Object(default_storage._normalize_name(key)).get()["Body"]
+    """The file's bytes a piece at a time, never the whole file in memory or on disk.
+
+    Storage is reached at the first piece; a missing file or an outage raises StorageError there.
+    """
     try:
-        yield from body.iter_chunks(CHUNK)
-    finally:
-        body.close()
+        if _is_local():
+            handle = default_storage.open(key, "rb")
+        else:
+            handle = default_storage.bucket.Object(default_storage._normalize_name(key)).get()["Body"]
+    except Exception as error:  # OSError, botocore: the file can't be read now
+        raise StorageError(f"could not read {key}: {type(error).__name__}") from error
+    with handle:
+        yield from iter(lambda: handle.read(CHUNK), b"")

@@ -10,6 +10,7 @@ import zlib
 import PIL.Image
 import PIL.PngImagePlugin
 import pytest
+from django.test import Client
 
 from gallery import downloads, storage
 from gallery.models import Generation, Image, Rendition
@@ -212,3 +213,18 @@ def test_the_team_download_carries_the_parameters_under_a_name_that_says_what_it
     body = b"".join(response.streaming_content)
     assert PIL.Image.open(io.BytesIO(body)).info["parameters"] == downloads.parameters_text(image)
     assert hashlib.sha256(storage.read(image.file)).hexdigest() == image.sha256
+
+
+def test_a_download_whose_file_is_missing_answers_503_not_a_cut_off_200(alice, s3):
+    # given an image row whose original has gone from storage
+    image = store_image(alice)
+    storage.delete([image.file])
+    client = Client()
+    client.force_login(alice)
+
+    # when it is downloaded
+    response = client.get(f"/images/{image.pk}/original/", {"download": "1"})
+
+    # then the answer says so before any byte of a PNG is promised
+    assert response.status_code == 503
+    assert "could not be read from storage" in response.content.decode()

@@ -176,6 +176,34 @@ def test_a_designer_cannot_share_a_job_they_cannot_see(bob, generation):
     assert not ShareLink.objects.exists()
 
 
+@pytest.mark.parametrize("kind", ["image", "collection"])
+def test_a_designer_sees_a_colleagues_work_but_only_its_maker_sends_it_outside(bob, secret_image, collection, kind):
+    # given bob signed in, and alice's image and collection, which the whole team sees
+    client = Client()
+    client.force_login(bob)
+    target = secret_image if kind == "image" else collection
+    page = f"/gallery/{secret_image.pk}/" if kind == "image" else f"/collections/{collection.pk}/"
+
+    # when he opens it and tries to share it
+    html = client.get(page).content.decode()
+    response = client.post(f"/share/{kind}/{target.pk}/", {"expiry": "7", "show_parameters": "on"},
+                           HTTP_HX_REQUEST="true")
+
+    # then he is offered no Share, is refused (visible, not his: 403), and no link is made
+    assert f"/share/{kind}/{target.pk}/" not in html
+    assert response.status_code == 403
+    assert not ShareLink.objects.exists()
+
+
+def test_a_departed_designers_link_is_not_shown_as_live(alice, secret_image):
+    link, _ = share(secret_image)
+    alice.is_active = False
+    alice.save()
+    link.refresh_from_db()
+    assert not link.is_live
+    assert not ShareLink.objects.live().exists()
+
+
 @pytest.mark.parametrize("path", ["/share/user/1/", "/share/image/abc/", "/share/image/-1/", "/share/image/٣/",
                                   "/share/image/99999999999999999999999/", "/share/collection/0/",
                                   "/share/generation/not-a-uuid/",

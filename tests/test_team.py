@@ -393,3 +393,16 @@ def test_a_hostile_month_is_a_400_with_a_message(staff, studio_work, month):
 def test_the_staff_pages_hold_no_inline_code_or_styles(staff, studio_work):
     for path in ("/team/", "/usage/"):
         assert inline_code(staff.get(path).content.decode()) == []
+
+
+def test_the_team_page_asks_the_same_few_queries_however_many_designers(staff, django_assert_max_num_queries):
+    # given twenty designers, each with a job today and half with a quota of their own
+    for number in range(20):
+        designer = User.objects.create_user(f"designer{number}")
+        Generation.objects.create(owner=designer, prompt="x", model="wan2.6-t2i", width=1280, height=1280, seed=1)
+        if number % 2:
+            Quota.objects.create(user=designer, daily_images=number)
+
+    # then the page costs a handful of queries, not two per designer
+    with django_assert_max_num_queries(8):
+        assert staff.get("/team/").status_code == 200

@@ -1,8 +1,12 @@
 """What every page's views share: the request type, the ownership gates and a safe `next`."""
 
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
 from django_htmx.middleware import HtmxDetails
 
 
@@ -24,6 +28,25 @@ def changeable(queryset, user, **lookup):
     if not found.can_change(user):
         raise PermissionDenied
     return found
+
+
+def staff_only(view):
+    """The view for staff: anyone else signed in gets 403, a visitor the sign-in page."""
+
+    @login_required
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return checked
+
+
+def storage_unavailable() -> HttpResponse:
+    """The answer when a file that should be in storage can't be read: try again, nothing is lost."""
+    return HttpResponse(_("The image could not be read from storage just now. Please try again in a moment."),
+                        status=503, content_type="text/plain; charset=utf-8")
 
 
 def safe_next(request, default: str) -> str:

@@ -13,7 +13,7 @@ from gallery import browse, downloads, search, storage
 from gallery.diff import prompt_diff
 from gallery.forms import GalleryFilterForm
 from gallery.models import Favourite, Image
-from gallery.views.common import HtmxHttpRequest, changeable, safe_next, viewable
+from gallery.views.common import HtmxHttpRequest, changeable, safe_next, storage_unavailable, viewable
 
 
 @login_required
@@ -23,7 +23,11 @@ def image_file(request: HtmxHttpRequest, image_id: int, variant: str) -> HttpRes
                      pk=image_id)
     if variant == "original" and "download" in request.GET:
         # Streamed through us, to write the parameters into the file on the way; storage keeps the original.
-        response = StreamingHttpResponse(downloads.original(image, include_parameters=True), content_type="image/png")
+        try:
+            body = downloads.original(image, include_parameters=True)
+        except storage.StorageError:
+            return storage_unavailable()
+        response = StreamingHttpResponse(body, content_type="image/png")
         response["Content-Disposition"] = content_disposition_header(
             True, downloads.download_name(image, image.index + 1))
         return response

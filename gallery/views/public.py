@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_safe
 
 from gallery import downloads, storage
 from gallery.models import Image, Rendition, ShareLink
+from gallery.views.common import storage_unavailable
 
 SIGNED_URL_SECONDS = 60
 VARIANTS = {"grid", "card", "original", "download"}
@@ -39,8 +40,8 @@ def gone() -> HttpResponse:
     return HttpResponseNotFound(render_to_string("public/gone.html"))
 
 
-@require_safe
 @public
+@require_safe
 def page(request, token: str) -> HttpResponse:
     link = ShareLink.find_live(token)
     if link is None:
@@ -60,8 +61,8 @@ def page(request, token: str) -> HttpResponse:
     return render(request, "public/page.html", context)
 
 
-@require_safe
 @public
+@require_safe
 def image_file(request, token: str, image_id: int, variant: str) -> HttpResponse:
     link = ShareLink.find_live(token)
     if link is None or variant not in VARIANTS:
@@ -73,7 +74,7 @@ def image_file(request, token: str, image_id: int, variant: str) -> HttpResponse
         return _download(link, image) if link.allow_downloads else gone()
     if variant == "original" and not link.show_parameters:
         # Streamed without text chunks, in case the provider wrote the prompt into the file.
-        return StreamingHttpResponse(downloads.original(image, include_parameters=False), content_type="image/png")
+        return _streamed(downloads.original, image, False)
     key = image.file if variant == "original" else getattr(image.rendition(variant), "file", None)
     if key is None:
         return gone()
@@ -82,9 +83,17 @@ def image_file(request, token: str, image_id: int, variant: str) -> HttpResponse
 
 def _download(link: ShareLink, image: Image) -> HttpResponse:
     number = list(link.images().values_list("pk", flat=True)).index(image.pk) + 1
-    response = StreamingHttpResponse(downloads.original(image, link.show_parameters), content_type="image/png")
-    response["Content-Disposition"] = content_disposition_header(True, _file_name(link, image, number))
+    response = _streamed(downloads.original, image, link.show_parameters)
+    if response.status_code == 200:
+        response["Content-Disposition"] = content_disposition_header(True, _file_name(link, image, number))
     return response
+
+
+def _streamed(source, image: Image, include_parameters: bool) -> HttpResponse:
+    try:
+        return StreamingHttpResponse(source(image, include_parameters), content_type="image/png")
+    except storage.StorageError:
+        return storage_unavailable()
 
 
 def _file_name(link: ShareLink, image: Image, number: int) -> str:
@@ -105,8 +114,8 @@ def anything_else(request, rest: str) -> HttpResponse:
     return gone()
 
 
-@require_GET
 @public
+@require_GET
 def download_all(request, token: str) -> HttpResponse:
     link = ShareLink.find_live(token)
     if link is None or not link.allow_downloads:

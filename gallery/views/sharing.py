@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from gallery.forms import ShareForm
 from gallery.models import Collection, CollectionItem, Generation, Image, ShareLink
-from gallery.views.common import HtmxHttpRequest, changeable, viewable
+from gallery.views.common import HtmxHttpRequest, changeable
 
 ROW_ID = re.compile(r"[0-9]{1,18}")
 SHOWN_LINKS = 200
@@ -37,7 +37,7 @@ def create(request: HtmxHttpRequest, kind: str, target_id: str) -> HttpResponse:
             return render(request, "gallery/share_button.html#created", context)
         messages.success(request, _("The link is ready: copy it below and send it."))
         return redirect(f"{reverse('gallery-shared')}#link-{link.pk}")
-    share = {"form": form, "kind": kind, "target_id": target_id, "target": target}
+    share = {"form": form, "kind": kind, "target_id": target_id}
     # htmx only swaps 2xx answers, so a form with errors comes back as 200 into the dialog.
     if request.htmx:
         return render(request, "gallery/share_button.html#form", share)
@@ -45,17 +45,18 @@ def create(request: HtmxHttpRequest, kind: str, target_id: str) -> HttpResponse:
 
 
 def _target(kind: str, target_id: str, user) -> Image | Generation | Collection:
-    """What the link will cover, if user may see it: the same 404 for a bad kind, a bad id and not yours."""
+    """What the link will cover, if user may share it (its maker or staff: sending work outside the studio is
+    theirs to decide): 404 for a bad kind, a bad id or what they can't see, 403 for what they only see."""
     if kind == "generation":
         try:
             pk = uuid.UUID(target_id)
         except ValueError:
             raise Http404 from None
-        return viewable(Generation.objects, user, pk=pk)
+        return changeable(Generation.objects, user, pk=pk)
     models = {"image": Image.objects.select_related("generation"), "collection": Collection.objects}
     if kind not in models or not ROW_ID.fullmatch(target_id):
         raise Http404
-    return viewable(models[kind], user, pk=int(target_id))
+    return changeable(models[kind], user, pk=int(target_id))
 
 
 def public_url(request, link: ShareLink) -> str:
@@ -71,9 +72,8 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
 def shared_page(request: HtmxHttpRequest, share: dict | None = None, status: int = 200) -> HttpResponse:
     """/shared/: the live links the designer made (staff: everyone's), or the ended ones with ?ended=1."""
     ended = request.GET.get("ended") == "1"
-    links = ShareLink.objects.select_related("owner", "image__generation", "generation", "collection")
-    if not request.user.is_staff:
-        links = links.filter(owner=request.user)
+    links = (ShareLink.objects.managed_by(request.user)
+             .select_related("owner", "image__generation", "generation", "collection"))
     links = links.exclude(pk__in=ShareLink.objects.live().values("pk")) if ended else links.live()
     links = list(links[:SHOWN_LINKS])
     _annotate(request, links)

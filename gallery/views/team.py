@@ -2,15 +2,12 @@
 
 from calendar import monthrange
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
-from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -23,24 +20,11 @@ from gallery import quotas
 from gallery.catalog import get_model
 from gallery.forms import EARLIEST_DATE, QuotaForm, UsageFilterForm
 from gallery.models import Generation, Quota
-from gallery.views.common import HtmxHttpRequest
+from gallery.views.common import HtmxHttpRequest, staff_only
 
 User = get_user_model()
 # The per-day chart, in SVG user units: a day's column, its bar, and the tallest bar.
 DAY_WIDTH, BAR_WIDTH, CHART_HEIGHT = 24, 16, 120
-
-
-def staff_only(view):
-    """The view for staff: anyone else signed in gets 403, a visitor the sign-in page."""
-
-    @login_required
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        if not request.user.is_staff:
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
-
-    return checked
 
 
 @dataclass
@@ -60,12 +44,13 @@ class Member:
         return "near" if self.used >= self.limit * 0.8 else "ok"
 
 
-def _member(user, form: QuotaForm | None = None) -> Member:
+def _member(user, form: QuotaForm | None = None, used: int | None = None) -> Member:
     """user (with select_related("quota")) as a Team row, with form as sent or else their quota to edit."""
     quota = getattr(user, "quota", None)
     own = quota.daily_images if quota else None
     form = form or QuotaForm(initial={"daily_images": own}, auto_id=_auto_id(user))
-    return Member(user, quotas.used_today(user), quotas.daily_limit(user), own is not None, form)
+    used = quotas.used_today(user) if used is None else used
+    return Member(user, used, quotas.limit_of(own), own is not None, form)
 
 
 def _auto_id(user) -> str:
@@ -86,7 +71,9 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
 def _team_page(request, rejected: Member | None = None, status: int = 200) -> HttpResponse:
     """/team/: every active designer's images today against their quota; rejected keeps the form that failed."""
     designers = User.objects.filter(is_active=True).select_related("quota").order_by("username")
-    members = [rejected if rejected and rejected.user.pk == user.pk else _member(user) for user in designers]
+    used = quotas.used_today_by_owner()  # one query for the whole team
+    members = [rejected if rejected and rejected.user.pk == user.pk else _member(user, used=used.get(user.pk, 0))
+               for user in designers]
     return render(request, "gallery/team.html", {"members": members, **_team_context()}, status=status)
 
 
@@ -205,8 +192,8 @@ def _usage(month: date, today: date) -> dict:
     """The sums of the month's settled jobs, today's and the open ones, and the designers, in four queries,
     tallied per designer, model and day."""
     last = month.replace(day=monthrange(month.year, month.month)[1])
-    in_month = Generation.objects.created_between(_midnight(month), _midnight(last + timedelta(days=1)))
-    in_today = Generation.objects.created_between(_midnight(today), _midnight(today + timedelta(days=1)))
+    in_month = Generation.objects.created_between(quotas.midnight(month), quotas.midnight(last + timedelta(days=1)))
+    in_today = Generation.objects.created_between(quotas.midnight(today), quotas.midnight(today + timedelta(days=1)))
     billed_in_month = list(in_month.billed_per("owner", "model", "day"))
     billed_today = list(in_today.billed_per("owner", "model"))
     held = list(Generation.objects.held_per("owner", "model"))
@@ -249,11 +236,6 @@ def _chart(days: dict[date, Tally]) -> dict:
     return {"days": bars, "peak": peak, "width": len(bars) * DAY_WIDTH, "height": CHART_HEIGHT,
             "bar_width": BAR_WIDTH, "day_width": DAY_WIDTH, "label_y": CHART_HEIGHT + 16,
             "full_height": CHART_HEIGHT + 22}
-
-
-def _midnight(day: date) -> datetime:
-    """The start of day in the studio's time zone (settings.TIME_ZONE)."""
-    return datetime.combine(day, time.min, timezone.get_default_timezone())
 
 
 def _month_before(month: date) -> date | None:
