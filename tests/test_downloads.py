@@ -228,3 +228,47 @@ def test_a_download_whose_file_is_missing_answers_503_not_a_cut_off_200(alice, s
     # then the answer says so before any byte of a PNG is promised
     assert response.status_code == 503
     assert "could not be read from storage" in response.content.decode()
+
+
+def test_a_zip_of_200_images_streams_in_the_memory_of_a_zip_of_10(alice, s3):
+    import os
+    import tracemalloc
+
+    from gallery.models import Collection
+
+    # given 200 images of 64 kB each in S3 (noise, so they don't compress), and collections of 10 and of all
+    side = 148
+    data = io.BytesIO()
+    PIL.Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(data, "PNG", compress_level=0)
+    data = data.getvalue()
+    generation = Generation.objects.create(owner=alice, prompt="内存 flat zip", model="wan2.2-t2i-flash", width=side,
+                                           height=side, seed=1, n=1, status="succeeded")
+    images = []
+    for index in range(200):
+        key = f"bench/{generation.pk}/{index}.png"
+        storage.put(key, data)
+        images.append(Image(generation=generation, owner=alice, model=generation.model, shape="square", index=index,
+                            file=key, width=side, height=side, bytes=len(data), sha256="0" * 64, seed=index))
+    Image.objects.bulk_create(images)
+    small, large = Collection.objects.create(owner=alice, name="10"), Collection.objects.create(owner=alice, name="200")
+    ids = list(Image.objects.filter(generation=generation).order_by("index").values_list("pk", flat=True))
+    small.add(ids[:10])
+    large.add(ids)
+
+    def streamed_peak(collection) -> tuple[int, int]:
+        archive = downloads.zip_of(collection.ordered_images().select_related("generation"), include_parameters=True)
+        tracemalloc.start()
+        try:
+            size = sum(len(piece) for piece in archive)
+            return size, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # when each ZIP is streamed to the end
+    small_size, small_peak = streamed_peak(small)
+    large_size, large_peak = streamed_peak(large)
+
+    # then the large one is twenty times the bytes, yet its peak memory is about the small one's
+    assert large_size > 19 * small_size > 19 * 10 * len(data)
+    assert large_peak < 2 * small_peak + 1024 * 1024, (small_peak, large_peak)
+    assert large_peak < large_size / 8
