@@ -100,18 +100,20 @@ def test_no_rendered_page_holds_inline_code_or_styles(client, urls, name):
     assert inline_code(response.content.decode()) == []
 
 
+def watch(page) -> SimpleNamespace:
+    """CSP violations, console errors and uncaught exceptions of the page, across navigations."""
+    seen = SimpleNamespace(violations=[], errors=[])
+    page.expose_function("reportCspViolation", lambda violation: seen.violations.append(violation))
+    page.add_init_script(REPORT_VIOLATIONS)
+    page.on("console", lambda message: message.type == "error" and seen.errors.append(message.text))
+    page.on("pageerror", lambda error: seen.errors.append(str(error)))
+    return seen
+
+
 @pytest.fixture
 def csp(page):
-    """CSP violations, console errors and uncaught exceptions of the page, across navigations.
-
-    Ask for it before signed_in_page, so that it watches the sign-in too.
-    """
-    watch = SimpleNamespace(violations=[], errors=[])
-    page.expose_function("reportCspViolation", lambda violation: watch.violations.append(violation))
-    page.add_init_script(REPORT_VIOLATIONS)
-    page.on("console", lambda message: message.type == "error" and watch.errors.append(message.text))
-    page.on("pageerror", lambda error: watch.errors.append(str(error)))
-    return watch
+    """watch(page) as a fixture; ask for it before signed_in_page, so that it watches the sign-in too."""
+    return watch(page)
 
 
 def test_the_watch_sees_a_blocked_inline_script(csp, page):

@@ -4,7 +4,6 @@ with no session, the grid and its lightbox, Revoke on Shared links; all within t
 import io
 import re
 from datetime import timedelta
-from types import SimpleNamespace
 
 import PIL.Image
 from django.utils import timezone
@@ -13,20 +12,10 @@ from playwright.sync_api import expect
 from gallery.models import Collection, ShareLink
 from gallery.tasks import enqueue
 from tests.test_browser import shoot
-from tests.test_csp import REPORT_VIOLATIONS, assert_within_policy, loaded, wait_in_page
+from tests.test_csp import assert_within_policy, loaded, wait_in_page, watch
 from tests.test_pipeline import finished, make_generation
 
 DESKTOP, PHONE = {"width": 1360, "height": 900}, {"width": 390, "height": 844}
-
-
-def watch(page) -> SimpleNamespace:
-    """CSP violations and errors of this page, as tests/test_csp.py's csp fixture watches its page."""
-    seen = SimpleNamespace(violations=[], errors=[])
-    page.expose_function("reportCspViolation", lambda violation: seen.violations.append(violation))
-    page.add_init_script(REPORT_VIOLATIONS)
-    page.on("console", lambda message: message.type == "error" and seen.errors.append(message.text))
-    page.on("pageerror", lambda error: seen.errors.append(str(error)))
-    return seen
 
 
 def made(owner, prompt: str, **fields):

@@ -10,8 +10,8 @@ from playwright.sync_api import expect
 from gallery import quotas
 from gallery.models import Quota
 from tests.test_browser import shoot
-from tests.test_csp import assert_within_policy
-from tests.test_sharing_browser import shoot_both, watch
+from tests.test_csp import assert_within_policy, watch
+from tests.test_sharing_browser import shoot_both
 from tests.test_team import DEARER, PRICED, UNPRICED, billed_job, open_job, studio_midnight
 
 
