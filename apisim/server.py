@@ -87,6 +87,7 @@ class SimState:
         self.calls: list[dict[str, Any]] = []
         self.downloads: list[dict[str, Any]] = []
         self.in_flight = 0
+        self.peak_in_flight = 0  # the most generation calls admitted at once since the last reset
         self.lock = threading.Lock()
 
     def try_acquire(self) -> bool:
@@ -95,6 +96,7 @@ class SimState:
             if limit > 0 and self.in_flight >= limit:
                 return False
             self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             return True
 
     def release(self) -> None:
@@ -121,13 +123,14 @@ class SimState:
             if what == "downloads":
                 return {"downloads": [dict(item) for item in self.downloads]}
             config = dataclasses.asdict(self.config) | {"api_key": bool(self.config.api_key)}
-            return {"in_flight": self.in_flight, "config": config}
+            return {"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight, "config": config}
 
     def reset(self) -> None:
         self.faults.clear()
         with self.lock:
             self.calls.clear()
             self.downloads.clear()
+            self.peak_in_flight = self.in_flight
             self.config = dataclasses.replace(self.initial_config)
 
 
@@ -276,10 +279,12 @@ class Handler(BaseHTTPRequestHandler):
             except Exception:  # a simulator bug should still look like an upstream 500, not a hang
                 traceback.print_exc()
                 outcome = generate.error_outcome(ApiError(500, "InternalError", "apisim crashed; see its log"))
-            call["status"] = outcome.status
-            self.answer(outcome)
         finally:
+            # The task is over upstream before its answer travels back, as with the real gateway.
+            call["ended"] = time.time()
             self.state.release()
+        call["status"] = outcome.status
+        self.answer(outcome)
 
     def answer(self, outcome: generate.Outcome) -> None:
         if outcome.status is None:

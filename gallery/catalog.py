@@ -4,7 +4,8 @@ choices and the worker.
 Defaults follow ../shared/API.md. An operator adapts them without a code change
 by pointing QWEN_CATALOG_FILE at a JSON file such as
 
-    {"models": {"qwen-image-plus": {"prompt_max": 1000, "per_call": 1, "price": "0.25"},
+    {"models": {"qwen-image-plus": {"prompt_max": 1000, "per_call": 1, "price": "0.25",
+                                    "max_in_flight": 2, "per_minute": 120},
                 "my-new-model": {"label": "New", "rule": "sides", "presets": ["1024*1024"]}},
      "hidden": ["wanx2.0-t2i-turbo"]}
 
@@ -73,6 +74,10 @@ class ModelSpec:
     recommended: bool = False
     # CNY per image the provider bills; None where the price list gave none (shown as unknown, not 0).
     price: Decimal | None = None
+    # The provider's limits for this model across the whole account; None leaves only
+    # QWEN_MAX_CONCURRENT (API.md, "Per-model limits and prices").
+    max_in_flight: int | None = None
+    per_minute: int | None = None
     notes: tuple[str, ...] = field(default=())
 
     def size_error(self, size: Size) -> str | None:
@@ -117,12 +122,13 @@ AREA_PRESETS = _sizes("1280*1280", "1440*1440", "1600*1200", "1200*1600", "1920*
 QWEN_PRESETS = _sizes("1328*1328", "1024*1024", "1440*1080", "1080*1440", "1440*810", "810*1440")
 
 DEFAULT_MODELS = (
-    ModelSpec("wan2.6-t2i", "Wan 2.6", "area", 2100, presets=AREA_PRESETS, recommended=True, price=Decimal("0.20")),
+    ModelSpec("wan2.6-t2i", "Wan 2.6", "area", 2100, presets=AREA_PRESETS, recommended=True, price=Decimal("0.20"),
+              max_in_flight=5, per_minute=60),
     ModelSpec("wan2.5-t2i-preview", "Wan 2.5 preview", "area", 2000, presets=AREA_PRESETS, recommended=True),
     ModelSpec("qwen-image-plus", "Qwen-Image Plus", "sides", 800, per_call=1, presets=QWEN_PRESETS,
-              price=Decimal("0.20")),
+              price=Decimal("0.20"), max_in_flight=2, per_minute=120),
     ModelSpec("qwen-image-max", "Qwen-Image Max", "sides", 800, per_call=1, presets=QWEN_PRESETS,
-              price=Decimal("0.50")),
+              price=Decimal("0.50"), per_minute=2),
     ModelSpec("wan2.2-t2i-flash", "Wan 2.2 Flash", "sides", 500, presets=SIDE_PRESETS),
     ModelSpec("wan2.2-t2i-plus", "Wan 2.2 Plus", "sides", 500, presets=SIDE_PRESETS),
     ModelSpec("wanx2.1-t2i-turbo", "Wanx 2.1 Turbo", "sides", 500, presets=SIDE_PRESETS),
@@ -153,6 +159,12 @@ def _apply(base: ModelSpec | None, name: str, entry: dict) -> ModelSpec:
                 raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.price must be a number such as 0.2") from None
             if changes[key] is not None and (not changes[key].is_finite() or changes[key] < 0):
                 raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.price must be a number such as 0.2")
+        elif key in {"max_in_flight", "per_minute"}:
+            # null says the provider sets no such limit for the model.
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} must be a whole number of at least 1, "
+                                           "or null for no limit")
+            changes[key] = value
         elif key in {"min_aspect", "max_aspect"}:
             try:
                 changes[key] = Fraction(str(value))

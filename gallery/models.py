@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -31,6 +31,41 @@ class GenerationQuerySet(models.QuerySet):
             Q(status=Generation.Status.QUEUED) | _running_without_lease(now),
             updated__lt=quiet,
         )
+
+    def waiting_for(self, model: str) -> "GenerationQuerySet":
+        """Queued jobs of one model: each waits for a provider slot for its next call."""
+        return self.filter(model=model, status=Generation.Status.QUEUED)
+
+    def ready_for(self, model: str, now) -> "GenerationQuerySet":
+        """Queued jobs of the model that may be taken now (not waiting out a backoff)."""
+        return self.waiting_for(model).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+
+    def with_turn(self, model: str) -> "GenerationQuerySet":
+        """Annotate each job with its designer's place in the round: calls of theirs running now
+        (`active`) and when one of theirs last started (`served`); fewer and longer ago go first."""
+        theirs = Generation.objects.filter(owner=OuterRef("owner"), model=model).order_by()
+        running = (theirs.filter(status=Generation.Status.RUNNING).values("owner")
+                   .annotate(count=Count("pk")).values("count"))
+        served = theirs.filter(call_started_at__isnull=False).order_by("-call_started_at").values("call_started_at")
+        return self.annotate(active=Coalesce(Subquery(running), 0), served=Subquery(served[:1]))
+
+    def take_next(self, model: str, lease: timedelta) -> "Generation | None":
+        """Claim the queued job of `model` whose turn it is, or None when none is ready.
+
+        Round-robin between designers (the one with fewest calls running, then the one
+        served longest ago), oldest first within a designer. Workers taking turns at once
+        each get a different job (SKIP LOCKED).
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            job = (self.ready_for(model, now).with_turn(model)
+                   .order_by("active", F("served").asc(nulls_first=True), "created")
+                   .select_for_update(skip_locked=True, of=("self",)).first())
+            if job is None:
+                return None
+            job.save_progress(status=Generation.Status.RUNNING, lease_until=now + lease, not_before=None,
+                              started_at=job.started_at or now)
+        return job
 
     def created_between(self, start, end) -> "GenerationQuerySet":
         """Jobs created from start up to, not including, end."""
@@ -89,7 +124,11 @@ class Generation(models.Model):
     # Images the provider billed, settled when the job ends; until then the job holds n of its
     # maker's daily quota.
     billed_images = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Running: a worker holds the job until then. Queued: it may be taken from `not_before` on.
     lease_until = models.DateTimeField(null=True, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    # When its latest call started: the fair queue's round-robin and the provider limits read it.
+    call_started_at = models.DateTimeField(null=True, blank=True)
     api_seconds = models.FloatField(default=0)
 
     created = models.DateTimeField(default=timezone.now, db_index=True)
@@ -105,6 +144,8 @@ class Generation(models.Model):
             models.Index(fields=["owner", "-created"], name="generation_owner_created"),
             models.Index(fields=["status", "updated"], name="generation_status_updated",
                          condition=Q(status__in=["queued", "running"])),
+            models.Index(fields=["model", "created"], name="generation_waiting", condition=Q(status="queued")),
+            models.Index(fields=["owner", "model", "-call_started_at"], name="generation_owner_served"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(n__gte=1, n__lte=4), name="generation_n_1_to_4"),
@@ -148,24 +189,64 @@ class Generation(models.Model):
         """Image i of a generation is made with seed + i, across calls as within one."""
         return (self.seed + index) % (MAX_SEED + 1)
 
+    @property
+    def calls_left(self) -> int:
+        """API calls the job still has to make (none once every answer is saved)."""
+        spec = self.spec
+        return len(spec.calls_for(self.n)) - len(self.answers) if spec else 0
+
+    def can_cancel(self, user) -> bool:
+        """A job waiting for its turn can be canceled by its maker; a call under way can't be taken back."""
+        return self.status == self.Status.QUEUED and self.can_change(user)
+
     def claim(self, lease: timedelta) -> bool:
-        """Take the job for this worker; False when another worker holds it or it is over."""
+        """Take back a running job whose worker stopped or which waited to retry; False when a worker holds it.
+
+        Queued jobs are taken in their turn, by GenerationQuerySet.take_next.
+        """
         now = timezone.now()
-        claimable = Q(status=self.Status.QUEUED) | _running_without_lease(now)
-        taken = Generation.objects.filter(claimable, pk=self.pk).update(
-            status=self.Status.RUNNING, lease_until=now + lease,
-            started_at=Coalesce(F("started_at"), now), updated=now,
+        taken = Generation.objects.filter(_running_without_lease(now), pk=self.pk).update(
+            lease_until=now + lease, started_at=Coalesce(F("started_at"), now), updated=now,
         )
         if taken:
             self.refresh_from_db()
         return bool(taken)
 
+    def requeue(self, detail: str = "", not_before=None, **progress) -> None:
+        """Give the job back to the queue to wait for its next call's turn (after `not_before`),
+        saving `progress` and whether a call of its is unconfirmed."""
+        self.save_progress(status=self.Status.QUEUED, lease_until=None, not_before=not_before,
+                           status_detail=detail[:300], call_in_flight=self.call_in_flight, **progress)
+
+    def jobs_ahead(self) -> int:
+        """Queued jobs of the same model that the round-robin will start before this one."""
+        owners = list(Generation.objects.waiting_for(self.model).order_by().values("owner")
+                      .annotate(queued=Count("pk")).with_turn(self.model).values("owner", "queued", "active", "served"))
+        mine = next((o for o in owners if o["owner"] == self.owner_id), None)
+        if mine is None:
+            return 0
+        rank = Generation.objects.waiting_for(self.model).filter(
+            owner=self.owner_id, created__lt=self.created).count()
+
+        def turn(owner):
+            served = owner["served"]
+            return owner["active"], served is not None, served.timestamp() if served else 0
+
+        ahead = rank
+        for owner in owners:
+            if owner["owner"] != self.owner_id:
+                # One of theirs each round before this job's round, and one more in it if they go first.
+                ahead += min(owner["queued"], rank) + (owner["queued"] > rank and turn(owner) < turn(mine))
+        return ahead
+
     def cancel(self) -> bool:
-        """Cancel a job no worker has started; a running call can't be taken back."""
-        canceled = Generation.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.CANCELED, finished_at=timezone.now(), updated=timezone.now(), billed_images=0)
+        """Cancel a job waiting for its turn. Images of its earlier calls stay, and are what it billed."""
+        with transaction.atomic():
+            job = Generation.objects.select_for_update().filter(pk=self.pk, status=self.Status.QUEUED).first()
+            if job is not None:
+                job.finish(self.Status.CANCELED)
         self.refresh_from_db()
-        return bool(canceled)
+        return job is not None
 
     def save_progress(self, **fields) -> None:
         for name, value in fields.items():
@@ -180,7 +261,7 @@ class Generation(models.Model):
     def finish(self, status: str, error_code: str = "", error_message: str = "") -> None:
         """End the job, settling its quota to what the provider billed: images that never came are given back."""
         self.save_progress(status=status, error_code=error_code, error_message=error_message,
-                           status_detail="", lease_until=None, call_in_flight=None,
+                           status_detail="", lease_until=None, not_before=None, call_in_flight=None,
                            finished_at=timezone.now(), billed_images=self.images_answered)
 
 

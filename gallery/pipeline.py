@@ -1,8 +1,14 @@
-"""What a generation job does, from claim to stored images (../shared/DESIGN.md).
+"""What a generation job does, from its turn for a provider slot to stored images (../shared/DESIGN.md).
 
-Each step is safe to repeat: the job is claimed with a conditional UPDATE, every
-API answer is saved before anything is downloaded, storage keys are
-deterministic, and Image rows are written last, once their files are in place.
+A message names a job, but stands for one turn of work for the job's model: the
+database, not the broker, says which queued job gets the next free provider slot
+(GenerationQuerySet.take_next, round-robin between designers). Each turn makes one
+API call; between calls a job waits `queued`, so it can be canceled, and its card
+says how many jobs are ahead of it.
+
+Each step is safe to repeat: an answer is saved before anything is downloaded,
+storage keys are deterministic, and Image rows are written once their files are in
+place. A job left `running` by a stopped worker is taken back after its lease.
 """
 
 import hashlib
@@ -10,7 +16,9 @@ import io
 import logging
 import random
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -18,12 +26,13 @@ import PIL.Image
 import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Min
 from django.utils import timezone
 
-from gallery import client, search, storage
+from gallery import client, limits, search, storage
+from gallery.catalog import ModelSpec, get_model
 from gallery.client import ApiError, DownloadError, ErrorKind, Result
 from gallery.models import Generation, Image, Rendition
-from gallery.slots import NoSlot, provider_slot
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +41,20 @@ PIL.Image.MAX_IMAGE_PIXELS = client.MAX_RESULT_PIXELS // 2
 RENDITION_EDGES = {Rendition.Spec.GRID: 512, Rendition.Spec.CARD: 256}
 MAX_RETRIES = 8
 MAX_THROTTLED_AGE = timedelta(hours=1)
+# How long a task waits in its worker for a provider slot before the broker holds it instead.
+SLOT_WAIT = 10.0
 _images = ThreadPoolExecutor(max_workers=4, thread_name_prefix="images")
 _uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="uploads")
 
 
 class TryLater(Exception):
-    """The job hit a passing fault; the task should run again after `seconds`."""
+    """The work hit a passing fault or must wait; run the message again after `seconds`,
+    for `generation_id` when it names the job that has to be looked after."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, generation_id=None):
         super().__init__(f"try again in {seconds:.1f}s")
         self.seconds = seconds
+        self.generation_id = generation_id
 
 
 class JobFailed(Exception):
@@ -61,78 +74,133 @@ def backoff(retries: int) -> float:
 
 
 def run(generation_id: str) -> None:
-    generation = Generation.objects.filter(pk=generation_id).first()
-    if generation is None or not generation.claim(lease()):
-        logger.info("generation %s: finished, gone, or held by another worker", generation_id)
+    """One message: take back the job it names if its worker stopped, then take a turn for its model."""
+    origin = Generation.objects.filter(pk=generation_id).first()
+    if origin is None:
+        logger.info("generation %s: gone", generation_id)
         return
+    if origin.status == Generation.Status.RUNNING and origin.claim(lease()):
+        carry_on(origin)
+    take_turn(origin.model)
+
+
+def take_turn(model: str) -> None:
+    """Give the model's next free provider slot to the queued job whose turn it is, and make its call.
+
+    A job that goes back to the queue for its next call keeps this message: it takes
+    another turn, which the round-robin may give to someone else's job.
+    """
+    while job := _one_turn(model):
+        if job.status != Generation.Status.QUEUED:
+            return
+
+
+def _one_turn(model: str) -> Generation | None:
+    spec = get_model(model)
+    if spec is None:
+        if job := Generation.objects.take_next(model, lease()):
+            job.finish(Generation.Status.FAILED, "ModelNotOffered", f"The model {model} is no longer offered.")
+        return job
+    now = timezone.now()
+    waiting = Generation.objects.waiting_for(model)
+    if not waiting.exists():
+        return None  # nothing waits: this message's work is done
+    if not Generation.objects.ready_for(model, now).exists():
+        earliest = waiting.aggregate(Min("not_before"))["not_before__min"]
+        raise TryLater((earliest - now).total_seconds())
     try:
-        try:
-            request_images(generation)
-        except ApiError as error:
-            if error.kind is not ErrorKind.PERMANENT or not generation.answers:
-                raise
-            # A later call was refused for good; keep what the earlier calls made.
-            generation.error_message = error.designer_message
-        problems = store_results(generation)
-        finish(generation, problems)
-    except ApiError as error:
-        handle_api_error(generation, error)
-    except NoSlot:
-        retry_later(generation, "Waiting for a free slot with the provider.", random.uniform(2, 5), count=False)
-    except storage.StorageError as error:
-        logger.warning("generation %s: %s", generation.pk, error)
-        retry_later(generation, "Waiting for storage to come back.")
+        with limits.slot(spec, wait=SLOT_WAIT) as token:
+            job = Generation.objects.take_next(model, lease())
+            if job is None:
+                return None  # another worker took the last one
+            with handling(job):
+                call(job, spec, token)
+    except limits.Busy as busy:
+        # The jobs stay queued; this message looks again when a slot may be free.
+        raise TryLater(max(busy.seconds, random.uniform(0.5, 1.5))) from None
     except redis.RedisError as error:
-        logger.warning("generation %s: Redis: %s", generation.pk, error)
-        retry_later(generation, "Waiting for the queue to come back.")
+        logger.warning("provider limits: Redis: %s", type(error).__name__)
+        raise TryLater(backoff(2)) from None
+    if job.status == Generation.Status.RUNNING:
+        carry_on(job)
+    return job
+
+
+def call(job: Generation, spec: ModelSpec, token: str) -> None:
+    """Make the job's next API call in the slot held, saving the answer before anything else."""
+    if job.call_in_flight is not None:
+        count_unconfirmed_call(job)
+    call_index = len(job.answers)
+    first_index = sum(answer["n"] for answer in job.answers)
+    count = spec.calls_for(job.n)[call_index]
+    body = client.build_request(
+        model=job.model, prompt=job.prompt, negative_prompt=job.negative_prompt, size=str(job.size),
+        n=count, seed=job.seed_for(first_index), prompt_extend=job.prompt_extend, watermark=job.watermark,
+    )
+    job.save_progress(call_in_flight=call_index, attempts=job.attempts + 1, call_started_at=timezone.now(),
+                      lease_until=timezone.now() + lease(), status_detail="Generating…")
+    try:
+        held = limits.holds(spec, token)
+    except redis.RedisError:
+        held = False
+    if not held:
+        # Redis lost the slot before the call began (a restart): wait for a turn again.
+        job.call_in_flight = None
+        job.requeue(attempts=job.attempts - 1)
+        raise TryLater(random.uniform(0.5, 1.5), job.pk)
+    started = time.monotonic()
+    try:
+        answer = client.generate(body)
+    except ApiError as error:
+        if error.kind is not ErrorKind.UNANSWERED:
+            job.call_in_flight = None  # it was answered, so it can't have made images
+        raise
+    finally:
+        job.api_seconds += time.monotonic() - started
+    job.answers.append({
+        "first_index": first_index, "n": count, "seed": job.seed_for(first_index),
+        "results": [asdict(result) for result in answer.results],
+    })
+    job.save_progress(answers=job.answers, call_in_flight=None, api_seconds=job.api_seconds,
+                      status_detail="Saving images…")
+
+
+def carry_on(job: Generation) -> None:
+    """Take a held job on from its last saved step: store what was answered, then finish it or queue
+    it for its next call."""
+    with handling(job):
+        if job.call_in_flight is not None:
+            count_unconfirmed_call(job)  # its worker stopped mid-call
+        problems = store_results(job)
+        if job.calls_left > 0:
+            reasons = " ".join(dict.fromkeys([job.error_message, *problems])).strip()
+            job.save_progress(error_message=reasons)
+            job.requeue()
+            return
+        finish(job, problems)
+
+
+@contextmanager
+def handling(job: Generation) -> Iterator[None]:
+    """Turn what went wrong with a held job into its next state: a retry, a wait, or the end."""
+    try:
+        yield
+    except ApiError as error:
+        handle_api_error(job, error)
+    except storage.StorageError as error:
+        logger.warning("generation %s: %s", job.pk, error)
+        retry_later(job, "Waiting for storage to come back.")
+    except redis.RedisError as error:
+        logger.warning("generation %s: Redis: %s", job.pk, error)
+        retry_later(job, "Waiting for the queue to come back.")
     except JobFailed as failure:
-        generation.finish(Generation.Status.FAILED, failure.code, failure.message)
-    except (TryLater, OperationalError, InterfaceError):
+        job.finish(Generation.Status.FAILED, failure.code, failure.message)
+    except (TryLater, limits.Busy, OperationalError, InterfaceError):
         raise  # the task retries; a database hiccup must not fail the job
     except Exception:
-        logger.exception("generation %s failed unexpectedly", generation.pk)
-        generation.finish(Generation.Status.FAILED, "StudioError",
-                          "Something went wrong inside the studio. Please try again; we have logged it.")
-
-
-def request_images(generation: Generation) -> None:
-    """Make each API call the job still needs, saving every answer as it comes."""
-    spec = generation.spec
-    if spec is None:
-        raise JobFailed("ModelNotOffered", f"The model {generation.model} is no longer offered.")
-    first_index = 0
-    for call_index, count in enumerate(spec.calls_for(generation.n)):
-        if call_index < len(generation.answers):
-            first_index += count
-            continue
-        if generation.call_in_flight is not None:
-            count_unconfirmed_call(generation)
-        body = client.build_request(
-            model=generation.model, prompt=generation.prompt, negative_prompt=generation.negative_prompt,
-            size=str(generation.size), n=count, seed=generation.seed_for(first_index),
-            prompt_extend=generation.prompt_extend, watermark=generation.watermark,
-        )
-        with provider_slot(lease_seconds=lease().total_seconds()):
-            generation.save_progress(
-                call_in_flight=call_index, attempts=generation.attempts + 1,
-                lease_until=timezone.now() + lease(), status_detail="Generating…",
-            )
-            started = time.monotonic()
-            try:
-                answer = client.generate(body)
-            except ApiError as error:
-                if error.kind is not ErrorKind.UNANSWERED:
-                    generation.call_in_flight = None  # it was answered, so it can't have made images
-                raise
-            finally:
-                generation.api_seconds += time.monotonic() - started
-        generation.answers.append({
-            "first_index": first_index, "n": count, "seed": generation.seed_for(first_index),
-            "results": [asdict(result) for result in answer.results],
-        })
-        generation.save_progress(answers=generation.answers, call_in_flight=None,
-                                 api_seconds=generation.api_seconds, status_detail="Saving images…")
-        first_index += count
+        logger.exception("generation %s failed unexpectedly", job.pk)
+        job.finish(Generation.Status.FAILED, "StudioError",
+                   "Something went wrong inside the studio. Please try again; we have logged it.")
 
 
 def count_unconfirmed_call(generation: Generation) -> None:
@@ -146,33 +214,48 @@ def count_unconfirmed_call(generation: Generation) -> None:
         ))
 
 
-def handle_api_error(generation: Generation, error: ApiError) -> None:
-    logger.info("generation %s: %s (%s)", generation.pk, error.code, error.kind)
+def handle_api_error(job: Generation, error: ApiError) -> None:
+    logger.info("generation %s: %s (%s)", job.pk, error.code, error.kind)
     if error.kind is ErrorKind.PERMANENT:
-        generation.finish(Generation.Status.FAILED, error.code, error.designer_message)
+        if not job.answers:
+            job.finish(Generation.Status.FAILED, error.code, error.designer_message)
+            return
+        # A later call was refused for good: the job makes no more calls and keeps what the
+        # earlier ones made (the caller stores them and finishes it).
+        first_index = sum(answer["n"] for answer in job.answers)
+        for count in job.spec.calls_for(job.n)[len(job.answers):]:
+            job.answers.append({"first_index": first_index, "n": count, "seed": job.seed_for(first_index),
+                                "results": [], "refused": error.code})
+            first_index += count
+        job.save_progress(answers=job.answers, call_in_flight=None, error_message=error.designer_message)
         return
     if error.kind is ErrorKind.THROTTLED:
-        if timezone.now() - generation.created > MAX_THROTTLED_AGE:
-            generation.finish(Generation.Status.FAILED, error.code,
-                              "The provider stayed too busy for an hour. Please try again later.")
+        if timezone.now() - job.created > MAX_THROTTLED_AGE:
+            job.finish(Generation.Status.FAILED, error.code,
+                       "The provider stayed too busy for an hour. Please try again later.")
             return
-        seconds = error.retry_after if error.retry_after is not None else backoff(1)
-        retry_later(generation, "The provider is busy; waiting our turn.", min(seconds, 300.0), count=False)
-    if generation.retries >= MAX_RETRIES:
-        generation.finish(Generation.Status.FAILED, error.code,
-                          f"{error.designer_message} The studio tried {MAX_RETRIES} times; please try again later.")
+        # Every worker holds back from the model, not only this one; the job waits its turn again.
+        seconds = min(error.retry_after if error.retry_after is not None else backoff(1), 300.0)
+        limits.pause(job.spec, seconds)
+        job.requeue("The provider asked us to slow down; waiting our turn.")
+        raise TryLater(seconds, job.pk)
+    if job.retries >= MAX_RETRIES:
+        job.finish(Generation.Status.FAILED, error.code,
+                   f"{error.designer_message} The studio tried {MAX_RETRIES} times; please try again later.")
         return
-    retry_later(generation, f"{error.designer_message} Trying again…")
+    seconds = backoff(job.retries + 1)
+    job.requeue(f"{error.designer_message} Trying again…", not_before=timezone.now() + timedelta(seconds=seconds),
+                retries=job.retries + 1)
+    raise TryLater(seconds, job.pk)
 
 
-def retry_later(generation: Generation, detail: str, seconds: float | None = None, count: bool = True) -> None:
-    retries = generation.retries + 1 if count else generation.retries
-    seconds = backoff(retries) if seconds is None else seconds
-    generation.save_progress(
-        retries=retries, status_detail=detail[:300], call_in_flight=generation.call_in_flight,
-        lease_until=timezone.now() + timedelta(seconds=seconds),
-    )
-    raise TryLater(seconds)
+def retry_later(job: Generation, detail: str) -> None:
+    """Keep the job held until the fault may have passed; the message takes it back then."""
+    retries = job.retries + 1
+    seconds = backoff(retries)
+    job.save_progress(retries=retries, status_detail=detail[:300], call_in_flight=job.call_in_flight,
+                      lease_until=timezone.now() + timedelta(seconds=seconds))
+    raise TryLater(seconds, job.pk)
 
 
 @dataclass

@@ -17,8 +17,8 @@ def run_generation(self, generation_id: str) -> None:
     try:
         pipeline.run(generation_id)
     except pipeline.TryLater as later:
-        # A moment past the job's lease, so that the retry always finds it free to claim.
-        raise self.retry(countdown=later.seconds + 0.5) from None
+        # A moment past the job's lease, so that the retry always finds it free to take back.
+        raise self.retry(args=[str(later.generation_id or generation_id)], countdown=later.seconds + 0.5) from None
     except (OperationalError, InterfaceError) as error:
         logger.warning("generation %s: database unavailable (%s)", generation_id, type(error).__name__)
         raise self.retry(countdown=pipeline.backoff(3)) from None

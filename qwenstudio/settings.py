@@ -198,6 +198,10 @@ QWEN_CATALOG_FILE = envstr("QWEN_CATALOG_FILE")
 QWEN_DAILY_IMAGE_QUOTA = envint("QWEN_DAILY_IMAGE_QUOTA", 200)
 
 CELERY_BROKER_URL = envurl("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# Provider slots and the per-minute log live here; Redis's own clock times them (gallery/limits.py).
+QWEN_LIMITS_REDIS_URL = envurl("QWEN_LIMITS_REDIS_URL", CELERY_BROKER_URL)
+# A worker killed mid-call frees its provider slot within this many seconds; live calls renew theirs.
+QWEN_SLOT_LEASE = envint("QWEN_SLOT_LEASE", 30, minimum=3)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -1,5 +1,6 @@
 """Real services for the tests: moto's S3 server and apisim as subprocesses over HTTP,
-Redis db 15 as the broker, a Celery worker in this process, and Debian's Chromium."""
+Redis db 15 as the broker, a redis-server of the run's own for the provider limits, a
+Celery worker in this process, and Debian's Chromium."""
 
 import os
 import socket
@@ -50,6 +51,45 @@ def start_process(args: list[str], health_url: str, log_name: str) -> subprocess
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"{args[2]} did not start; see var/{log_name}")
+
+
+class PrivateRedis:
+    """A redis-server of this run's own, without persistence, for the provider limits: two runs on one
+    machine don't share slots, and a test can restart it with its data gone."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(ROOT / "var" / "test-limits-redis.log", "ab")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_for(lambda: self._answers(client), timeout=10, interval=0.05)
+
+    @staticmethod
+    def _answers(client: redis.Redis) -> bool:
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        """Kill it: whatever it held is gone, as after a crash of a Redis without persistence."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def restart_empty(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
 
 
 class Sim:
@@ -106,8 +146,17 @@ def sim_url():
     process.wait(10)
 
 
+@pytest.fixture(scope="session")
+def limits_redis():
+    (ROOT / "var").mkdir(exist_ok=True)
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def studio_settings(s3_endpoint, sim_url):
+def studio_settings(s3_endpoint, sim_url, limits_redis):
     """Point the studio at the test services for the whole session."""
     from django.conf import settings
     from django.utils.csp import CSP
@@ -122,6 +171,7 @@ def studio_settings(s3_endpoint, sim_url):
         AWS_SECRET_ACCESS_KEY="test", AWS_S3_REGION_NAME="us-east-1",
         QWEN_API_BASE_URL=sim_url, QWEN_API_KEY="test-key", QWEN_READ_TIMEOUT=20,
         QWEN_DOWNLOAD_HOSTS=[sim_url.removeprefix("http://")], CELERY_BROKER_URL=TEST_BROKER,
+        QWEN_LIMITS_REDIS_URL=limits_redis.url,
         # Images redirect to moto's signed URLs, as they would to any S3 endpoint's.
         SECURE_CSP={**settings.SECURE_CSP, "img-src": [CSP.SELF, s3_endpoint]},
         # Django's real hasher takes most of a second per user; tests make hundreds.
@@ -152,8 +202,10 @@ def celery_worker_session(studio_settings):
 
 
 @pytest.fixture
-def worker(celery_worker_session, transactional_db, sim):
-    """A real Celery worker on Redis; tests using it see only committed rows."""
+def worker(celery_worker_session, transactional_db, sim, limits_redis):
+    """A real Celery worker on Redis; tests using it see only committed rows and start with no
+    provider slots taken or pauses left by an earlier test."""
+    limits_redis.client().flushdb()
     return celery_worker_session
 
 

@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 from django.utils import timezone
 
-from gallery import pipeline
+from gallery import limits, pipeline
 from gallery.models import Generation
 from gallery.tasks import enqueue, run_generation
 from tests.conftest import BUCKET, wait_for
@@ -219,8 +219,9 @@ def test_a_task_delivered_twice_makes_one_call_and_one_set_of_images(worker, ali
 def test_redelivery_after_an_answered_call_resumes_without_calling_again(transactional_db, alice, sim, s3):
     # given a worker that saved the answer and then died before storing anything
     generation = make_generation(alice, n=1, prompt="worker died after the answer")
-    generation.claim(pipeline.lease())
-    pipeline.request_images(generation)
+    job = Generation.objects.take_next(generation.model, pipeline.lease())
+    with limits.slot(job.spec, wait=5) as token:
+        pipeline.call(job, job.spec, token)
     assert len(generation_calls(sim, generation)) == 1
     Generation.objects.filter(pk=generation.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
 

@@ -1,0 +1,230 @@
+"""How many provider calls may start now, held in Redis for every worker on every host.
+
+Three limits apply to a call: the studio's QWEN_MAX_CONCURRENT, the model's calls in
+flight and the model's calls per minute (both from the catalog). A 429 also pauses
+the model for its Retry-After. Every time is Redis's own (`TIME`), so the workers'
+clocks never matter.
+
+- A slot is a member of a sorted set scored by when its lease runs out. The holder
+  renews it every third of QWEN_SLOT_LEASE, so a worker killed mid-call frees its
+  slot within QWEN_SLOT_LEASE seconds and a call of any length keeps its slot.
+- Calls per minute are a log of start times kept for 60 s.
+- Redis can lose all of this (a restart without persistence). A missing `epoch` key
+  says so: acquiring then waits while the database is asked what may still be going
+  on. Calls in flight re-register at their next renewal, so the wait is one renewal
+  period when some job is mid-call, and for a per-minute model, until a minute
+  after its last call. When nothing was going on there is no wait at all.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from gallery.catalog import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "qwenstudio:limits:"
+EPOCH = PREFIX + "epoch"
+ALL_MODELS = PREFIX + "in-flight"
+WINDOW = 60.0  # seconds in a "calls per minute"
+POLL = 0.1  # seconds between tries while only a slot is missing
+
+# KEYS: epoch, in flight (all), in flight (model), starts (model), pause (model)
+# ARGV: studio limit, model limit (0: none), per minute (0: none), lease, token, the wait
+# after a loss until a worker has asked the database
+# Returns "" when the slot is taken, else the seconds to wait (0 when unknown: poll), or
+# "fresh" when Redis holds no epoch, i.e. it has lost or never had the slot sets.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[4])
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], tostring(now + tonumber(ARGV[6])))
+  return 'fresh'
+end
+local wait = tonumber(epoch) - now
+local pause = redis.call('GET', KEYS[5])
+if pause and tonumber(pause) - now > wait then wait = tonumber(pause) - now end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60)
+local full = redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1])
+local model_limit = tonumber(ARGV[2])
+if model_limit > 0 and redis.call('ZCARD', KEYS[3]) >= model_limit then full = true end
+local per_minute = tonumber(ARGV[3])
+if per_minute > 0 and redis.call('ZCARD', KEYS[4]) >= per_minute then
+  local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  local free_at = tonumber(oldest[2]) + 60 - now
+  if free_at > wait then wait = free_at end
+end
+if wait > 0 then return tostring(wait) end
+if full then return '0' end
+redis.call('ZADD', KEYS[2], now + lease, ARGV[5])
+redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
+redis.call('ZADD', KEYS[4], now, ARGV[5])
+return ''
+"""
+
+# KEYS: epoch, in flight (all), in flight (model); ARGV: lease, token
+# Renews a held slot. After Redis lost its data (no epoch yet, or its wait still running)
+# the holder puts its slot back; otherwise a slot that is gone stays gone.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+local epoch = redis.call('GET', KEYS[1])
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) or not epoch or tonumber(epoch) > now then
+  redis.call('ZADD', KEYS[2], until_, ARGV[2])
+  redis.call('ZADD', KEYS[3], until_, ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: in flight; counts the unexpired slots.
+_COUNT = """
+local t = redis.call('TIME')
+return redis.call('ZCOUNT', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, '+inf')
+"""
+
+# KEYS: a key holding a Redis time; ARGV: seconds from now. Sets it to now + seconds,
+# never earlier than it was unless ARGV[2] is "force".
+_PUSH_BACK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local wanted = now + tonumber(ARGV[1])
+local current = redis.call('GET', KEYS[1])
+if ARGV[2] == 'force' or not current or tonumber(current) < wanted then
+  redis.call('SET', KEYS[1], tostring(wanted))
+end
+return 1
+"""
+
+
+class Busy(Exception):
+    """No slot for the model now; `seconds` says when to look again (0: soon, unknown)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no provider slot; look again in {seconds:.1f}s")
+        self.seconds = seconds
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.QWEN_LIMITS_REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _keys(model: str) -> tuple[str, str, str, str]:
+    return (f"{PREFIX}in-flight:{model}", f"{PREFIX}starts:{model}", f"{PREFIX}pause:{model}", model)
+
+
+def lease_seconds() -> float:
+    return float(settings.QWEN_SLOT_LEASE)
+
+
+def recovery_seconds() -> float:
+    """How long Redis that lost its data must refuse calls, from what the database says is going on."""
+    from gallery.catalog import catalog
+    from gallery.models import Generation
+
+    now = timezone.now()
+    wait = 0.0
+    if Generation.objects.filter(status=Generation.Status.RUNNING, call_in_flight__isnull=False,
+                                 lease_until__gt=now).exists():
+        wait = lease_seconds() / 3 + 2  # one renewal period, and a margin for a slow renewal
+    minute_models = [name for name, spec in catalog().items() if spec.per_minute]
+    last_call = (Generation.objects.filter(model__in=minute_models, call_started_at__gt=now - timedelta(seconds=WINDOW))
+                 .order_by("-call_started_at").values_list("call_started_at", flat=True).first())
+    if last_call is not None:
+        wait = max(wait, (last_call - now).total_seconds() + WINDOW + 1)
+    return wait
+
+
+def acquire(spec: ModelSpec) -> str | None:
+    """Take a slot for one call of the model, or raise Busy. Returns the slot's token."""
+    client = _client()
+    in_flight, starts, pause, _ = _keys(spec.name)
+    token = uuid.uuid4().hex
+    keys = [EPOCH, ALL_MODELS, in_flight, starts, pause]
+    args = [settings.QWEN_MAX_CONCURRENT, spec.max_in_flight or 0, spec.per_minute or 0, lease_seconds(), token,
+            # The wait if the worker that found Redis empty dies before asking the database.
+            max(lease_seconds(), WINDOW + 1)]
+    answer = client.eval(_ACQUIRE, len(keys), *keys, *args).decode()
+    if answer == "fresh":
+        wait = recovery_seconds()
+        logger.warning("provider limits: Redis held no slots (restarted or new); calls wait %.0fs", wait)
+        client.eval(_PUSH_BACK, 1, EPOCH, wait, "force")
+        raise Busy(0)
+    if answer:
+        raise Busy(float(answer))
+    return token
+
+
+def release(spec: ModelSpec, token: str) -> None:
+    try:
+        _client().pipeline().zrem(ALL_MODELS, token).zrem(_keys(spec.name)[0], token).execute()
+    except redis.RedisError:
+        pass  # the lease runs out by itself
+
+
+def renew(spec: ModelSpec, token: str) -> int:
+    keys = [EPOCH, ALL_MODELS, _keys(spec.name)[0]]
+    return int(_client().eval(_RENEW, len(keys), *keys, lease_seconds(), token))
+
+
+def holds(spec: ModelSpec, token: str) -> bool:
+    return _client().zscore(ALL_MODELS, token) is not None
+
+
+def pause(spec: ModelSpec, seconds: float) -> None:
+    """Start no call of the model for `seconds` (a 429's Retry-After), on every worker."""
+    _client().eval(_PUSH_BACK, 1, _keys(spec.name)[2], seconds, "")
+
+
+def in_flight(model: str | None = None) -> int:
+    """Calls holding a slot now, for one model or for the studio."""
+    return int(_client().eval(_COUNT, 1, ALL_MODELS if model is None else _keys(model)[0]))
+
+
+@contextmanager
+def slot(spec: ModelSpec, wait: float) -> Iterator[str]:
+    """Hold a slot for one call of the model, waiting up to `wait` seconds for one.
+
+    Raises Busy when none came; a thread renews the slot while it is held.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            token = acquire(spec)
+            break
+        except Busy as busy:
+            if busy.seconds > POLL or time.monotonic() + POLL > deadline:
+                raise
+            time.sleep(POLL)
+    stop = threading.Event()
+    renewer = threading.Thread(target=_keep, args=(spec, token, stop), name="slot-renewer", daemon=True)
+    renewer.start()
+    try:
+        yield token
+    finally:
+        stop.set()
+        renewer.join(timeout=1)
+        release(spec, token)
+
+
+def _keep(spec: ModelSpec, token: str, stop: threading.Event) -> None:
+    while not stop.wait(lease_seconds() / 3):
+        try:
+            if renew(spec, token) == 0:
+                logger.warning("provider limits: a slot of %s ran out while its call went on", spec.name)
+        except redis.RedisError as error:
+            logger.warning("provider limits: could not renew a slot of %s: %s", spec.name, type(error).__name__)
