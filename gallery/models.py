@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models, transaction
-from django.db.models import Count, F, OuterRef, Q, Subquery
+from django.db.models import Count, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -221,16 +221,17 @@ class Generation(models.Model):
     def jobs_ahead(self) -> int:
         """Queued jobs of the same model that the round-robin will start before this one."""
         owners = list(Generation.objects.waiting_for(self.model).order_by().values("owner")
-                      .annotate(queued=Count("pk")).with_turn(self.model).values("owner", "queued", "active", "served"))
+                      .annotate(queued=Count("pk"), first=Min("created")).with_turn(self.model)
+                      .values("owner", "queued", "first", "active", "served"))
         mine = next((o for o in owners if o["owner"] == self.owner_id), None)
         if mine is None:
             return 0
         rank = Generation.objects.waiting_for(self.model).filter(
             owner=self.owner_id, created__lt=self.created).count()
 
-        def turn(owner):
+        def turn(owner):  # take_next's order, for each designer's oldest waiting job
             served = owner["served"]
-            return owner["active"], served is not None, served.timestamp() if served else 0
+            return owner["active"], served is not None, served.timestamp() if served else 0, owner["first"]
 
         ahead = rank
         for owner in owners:

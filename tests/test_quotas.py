@@ -13,6 +13,7 @@ from gallery import quotas
 from gallery.models import Generation, Quota
 from gallery.tasks import enqueue
 from tests.test_generate import VALID
+from tests.conftest import wait_for
 from tests.test_pipeline import finished, generation_calls, make_generation
 
 
@@ -84,6 +85,28 @@ def test_a_queued_job_holds_its_images_and_canceling_gives_them_back(client, ali
 
     # then none are counted
     assert quotas.used_today(alice) == 0
+
+
+def test_canceling_between_calls_keeps_and_bills_the_images_that_came(worker, alice, sim, s3):
+    # given a three-image job of a one-image-per-call model limited to two calls a minute, whose
+    # first two calls are done: the third waits in the queue for the minute to pass
+    generation = make_generation(alice, model="qwen-image-max", width=1328, height=1328, n=3,
+                                 prompt="quota: canceled between calls")
+    enqueue(generation.pk)
+    wait_for(lambda: Generation.objects.get(pk=generation.pk).images.count() == 2, timeout=30)
+    wait_for(lambda: Generation.objects.get(pk=generation.pk).status == Generation.Status.QUEUED, timeout=10)
+    assert quotas.used_today(alice) == 3
+
+    # when its maker cancels it
+    generation.refresh_from_db()
+    assert generation.cancel()
+
+    # then the images that came stay, they alone are billed, and no other call is made
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.CANCELED
+    assert generation.images.count() == 2 == generation.billed_images
+    assert quotas.used_today(alice) == 2
+    assert len(generation_calls(sim, generation)) == 2
 
 
 def test_yesterdays_images_do_not_count_today(alice):
