@@ -121,14 +121,15 @@ def floor_ms(png: bytes) -> float:
 
 def run_one(owner, number: int) -> tuple[float, float, int]:
     """One image through the pipeline: (overhead ms, floor ms, PNG bytes)."""
-    from gallery import pipeline, storage
+    from gallery import limits, pipeline, storage
     from gallery.models import Generation
 
-    generation = Generation.objects.create(
+    created = Generation.objects.create(
         owner=owner, prompt=f"bench pipeline image {number}: hills at dusk", model="qwen-image-plus",
         width=SIZE, height=SIZE, n=1, seed=1000 + number, prompt_extend=False, watermark=False)
-    generation.claim(pipeline.lease())
-    pipeline.request_images(generation)
+    generation = Generation.objects.take_next(created.model, pipeline.lease())
+    with limits.slot(generation.spec, wait=30) as token:
+        pipeline.call(generation, generation.spec, token)
     started = time.perf_counter()
     problems = pipeline.store_results(generation)
     pipeline.finish(generation, problems)
