@@ -12,7 +12,7 @@ clocks never matter.
 - Redis can lose all of this (a restart without persistence). A missing `epoch` key
   says so: acquiring then waits while the database is asked what may still be going
   on. Calls in flight re-register at their next renewal, so the wait is one renewal
-  period when some job is mid-call, and for a per-minute model, until a minute
+  period when some job is mid-call, and a per-minute model is paused until a minute
   after its last call. When nothing was going on there is no wait at all.
 """
 
@@ -26,6 +26,7 @@ from datetime import timedelta
 
 import redis
 from django.conf import settings
+from django.db.models import Max
 from django.utils import timezone
 
 from gallery.catalog import ModelSpec
@@ -34,15 +35,17 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "qwenstudio:limits:"
 EPOCH = PREFIX + "epoch"
+ASKING = PREFIX + "asking"
 ALL_MODELS = PREFIX + "in-flight"
 WINDOW = 60.0  # seconds in a "calls per minute"
 POLL = 0.1  # seconds between tries while only a slot is missing
 
-# KEYS: epoch, in flight (all), in flight (model), starts (model), pause (model)
+# KEYS: epoch, in flight (all), in flight (model), starts (model), pause (model), asking
 # ARGV: studio limit, model limit (0: none), per minute (0: none), lease, token, the wait
-# after a loss until a worker has asked the database
+# after a loss if the worker that found it dies before it has asked the database
 # Returns "" when the slot is taken, else the seconds to wait (0 when unknown: poll), or
-# "fresh" when Redis holds no epoch, i.e. it has lost or never had the slot sets.
+# "fresh" when Redis holds no epoch, i.e. it has lost or never had the slot sets; while
+# that worker asks the database (`asking`), everyone else polls.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -50,8 +53,10 @@ local lease = tonumber(ARGV[4])
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   redis.call('SET', KEYS[1], tostring(now + tonumber(ARGV[6])))
+  redis.call('SET', KEYS[6], '1', 'PX', math.floor(tonumber(ARGV[6]) * 1000))
   return 'fresh'
 end
+if redis.call('EXISTS', KEYS[6]) == 1 then return '0' end
 local wait = tonumber(epoch) - now
 local pause = redis.call('GET', KEYS[5])
 if pause and tonumber(pause) - now > wait then wait = tonumber(pause) - now end
@@ -119,8 +124,16 @@ class Busy(Exception):
         self.seconds = seconds
 
 
+_clients: dict[str, redis.Redis] = {}
+
+
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.QWEN_LIMITS_REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    """One client (and connection pool) per URL for the process; redis-py's are thread-safe."""
+    url = settings.QWEN_LIMITS_REDIS_URL
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                             health_check_interval=10)
+    return _clients[url]
 
 
 def _keys(model: str) -> tuple[str, str, str, str]:
@@ -131,8 +144,9 @@ def lease_seconds() -> float:
     return float(settings.QWEN_SLOT_LEASE)
 
 
-def recovery_seconds() -> float:
-    """How long Redis that lost its data must refuse calls, from what the database says is going on."""
+def recovery_seconds() -> tuple[float, dict[str, float]]:
+    """How long Redis that lost its data must refuse calls, from what the database says is going on:
+    every model's calls, and each per-minute model's on its own."""
     from gallery.catalog import catalog
     from gallery.models import Generation
 
@@ -142,11 +156,10 @@ def recovery_seconds() -> float:
                                  lease_until__gt=now).exists():
         wait = lease_seconds() / 3 + 2  # one renewal period, and a margin for a slow renewal
     minute_models = [name for name, spec in catalog().items() if spec.per_minute]
-    last_call = (Generation.objects.filter(model__in=minute_models, call_started_at__gt=now - timedelta(seconds=WINDOW))
-                 .order_by("-call_started_at").values_list("call_started_at", flat=True).first())
-    if last_call is not None:
-        wait = max(wait, (last_call - now).total_seconds() + WINDOW + 1)
-    return wait
+    last_calls = (Generation.objects.filter(model__in=minute_models,
+                                            call_started_at__gt=now - timedelta(seconds=WINDOW))
+                  .values("model").annotate(last=Max("call_started_at")))
+    return wait, {row["model"]: (row["last"] - now).total_seconds() + WINDOW + 1 for row in last_calls}
 
 
 def acquire(spec: ModelSpec) -> str | None:
@@ -154,15 +167,18 @@ def acquire(spec: ModelSpec) -> str | None:
     client = _client()
     in_flight, starts, pause, _ = _keys(spec.name)
     token = uuid.uuid4().hex
-    keys = [EPOCH, ALL_MODELS, in_flight, starts, pause]
+    keys = [EPOCH, ALL_MODELS, in_flight, starts, pause, ASKING]
     args = [settings.QWEN_MAX_CONCURRENT, spec.max_in_flight or 0, spec.per_minute or 0, lease_seconds(), token,
             # The wait if the worker that found Redis empty dies before asking the database.
             max(lease_seconds(), WINDOW + 1)]
     answer = client.eval(_ACQUIRE, len(keys), *keys, *args).decode()
     if answer == "fresh":
-        wait = recovery_seconds()
+        wait, per_model = recovery_seconds()
         logger.warning("provider limits: Redis held no slots (restarted or new); calls wait %.0fs", wait)
+        for model, seconds in per_model.items():
+            client.eval(_PUSH_BACK, 1, _keys(model)[2], seconds, "")
         client.eval(_PUSH_BACK, 1, EPOCH, wait, "force")
+        client.delete(ASKING)
         raise Busy(0)
     if answer:
         raise Busy(float(answer))
