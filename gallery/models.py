@@ -129,6 +129,8 @@ class Generation(models.Model):
     not_before = models.DateTimeField(null=True, blank=True)
     # When its latest call started: the fair queue's round-robin and the provider limits read it.
     call_started_at = models.DateTimeField(null=True, blank=True)
+    # Since when the provider has answered its calls with 429s only (None once one is answered).
+    throttled_since = models.DateTimeField(null=True, blank=True)
     api_seconds = models.FloatField(default=0)
 
     created = models.DateTimeField(default=timezone.now, db_index=True)

@@ -161,7 +161,7 @@ def call(job: Generation, spec: ModelSpec, token: str) -> None:
         "first_index": first_index, "n": count, "seed": job.seed_for(first_index),
         "results": [asdict(result) for result in answer.results],
     })
-    job.save_progress(answers=job.answers, call_in_flight=None, api_seconds=job.api_seconds,
+    job.save_progress(answers=job.answers, call_in_flight=None, api_seconds=job.api_seconds, throttled_since=None,
                       status_detail="Saving images…")
 
 
@@ -230,14 +230,15 @@ def handle_api_error(job: Generation, error: ApiError) -> None:
         job.save_progress(answers=job.answers, call_in_flight=None, error_message=error.designer_message)
         return
     if error.kind is ErrorKind.THROTTLED:
-        if timezone.now() - job.created > MAX_THROTTLED_AGE:
+        job.throttled_since = job.throttled_since or timezone.now()
+        if timezone.now() - job.throttled_since > MAX_THROTTLED_AGE:
             job.finish(Generation.Status.FAILED, error.code,
                        "The provider stayed too busy for an hour. Please try again later.")
             return
         # Every worker holds back from the model, not only this one; the job waits its turn again.
         seconds = min(error.retry_after if error.retry_after is not None else backoff(1), 300.0)
         limits.pause(job.spec, seconds)
-        job.requeue("The provider asked us to slow down; waiting our turn.")
+        job.requeue("The provider asked us to slow down; waiting our turn.", throttled_since=job.throttled_since)
         raise TryLater(seconds, job.pk)
     if job.retries >= MAX_RETRIES:
         job.finish(Generation.Status.FAILED, error.code,

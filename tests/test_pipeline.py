@@ -216,6 +216,36 @@ def test_a_task_delivered_twice_makes_one_call_and_one_set_of_images(worker, ali
     assert len(keys) == 6
 
 
+def test_a_job_that_waited_long_in_the_queue_is_not_failed_by_one_429(worker, alice, sim):
+    # given a job queued two hours ago (a long line for a slow model) whose first call gets a 429
+    generation = make_generation(alice, prompt="long wait then one 429",
+                                 created=timezone.now() - timedelta(hours=2))
+    sim.fault("throttle", retry_after=1, match=generation.prompt)
+
+    # when the worker runs it
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then the provider's hour of grace starts at the 429, so the job is made
+    assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+    assert generation.throttled_since is None
+
+
+def test_a_job_the_provider_throttled_for_an_hour_fails_saying_so(worker, alice, sim):
+    # given a job the provider has answered only with 429s for over an hour
+    generation = make_generation(alice, prompt="throttled for an hour",
+                                 throttled_since=timezone.now() - timedelta(hours=1, minutes=1))
+    sim.fault("throttle", retry_after=1, match=generation.prompt)
+
+    # when its next call is throttled too
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then it fails with the reason
+    assert generation.status == Generation.Status.FAILED
+    assert "too busy for an hour" in generation.error_message
+
+
 def test_redelivery_after_an_answered_call_resumes_without_calling_again(transactional_db, alice, sim, s3):
     # given a worker that saved the answer and then died before storing anything
     generation = make_generation(alice, n=1, prompt="worker died after the answer")

@@ -12,8 +12,8 @@ from django.utils import timezone
 from gallery import quotas
 from gallery.models import Generation, Quota
 from gallery.tasks import enqueue
-from tests.test_generate import VALID
 from tests.conftest import wait_for
+from tests.test_generate import VALID
 from tests.test_pipeline import finished, generation_calls, make_generation
 
 
