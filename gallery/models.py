@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
@@ -53,11 +53,16 @@ class GenerationQuerySet(models.QuerySet):
         """Claim the queued job of `model` whose turn it is, or None when none is ready.
 
         Round-robin between designers (the one with fewest calls running, then the one
-        served longest ago), oldest first within a designer. Workers taking turns at once
-        each get a different job (SKIP LOCKED).
+        served longest ago), oldest first within a designer. Takers of one model go one at
+        a time (an advisory lock for the transaction), so each sees the others' claims and
+        two at once can't both serve the same designer; the take is a few milliseconds.
         """
         now = timezone.now()
         with transaction.atomic():
+            with connection.cursor() as cursor:
+                # JIT compiling costs more than this small query saves.
+                cursor.execute("SET LOCAL jit = off")
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"take_next:{model}"])
             job = (self.ready_for(model, now).with_turn(model)
                    .order_by("active", F("served").asc(nulls_first=True), "created")
                    .select_for_update(skip_locked=True, of=("self",)).first())
