@@ -43,6 +43,9 @@ class ErrorKind(StrEnum):
     PERMANENT = "permanent"  # retrying cannot help
 
 
+# A proxy in front of the gateway answers these when it gave up waiting: the task upstream may
+# have been made, and billed, all the same.
+GATEWAY_STATUSES = {502, 504}
 ADMIN_CODES = {"Arrearage", "AccessDenied", "InvalidApiKey", "ModelNotFound", "Throttling.AllocationQuota"}
 
 
@@ -129,6 +132,9 @@ def generate(body: dict) -> Answer:
         raise ApiError(ErrorKind.UNANSWERED, "ConnectionDropped", "the connection dropped") from None
     except requests.Timeout:
         raise ApiError(ErrorKind.UNANSWERED, "ReadTimeout", "no answer within the read timeout") from None
+    except requests.RequestException:
+        # Cut in the middle of the answer's body (ChunkedEncodingError and kin): it may have been billed.
+        raise ApiError(ErrorKind.UNANSWERED, "ConnectionDropped", "the answer was cut off") from None
     return parse_answer(response.status_code, response.content, response.headers.get("Retry-After"))
 
 
@@ -172,6 +178,8 @@ def _error_for(status: int, error: dict, retry_after: str | None) -> ApiError:
         kind = ErrorKind.PERMANENT
     elif status == 429 or code.startswith("Throttling"):
         kind = ErrorKind.THROTTLED
+    elif status in GATEWAY_STATUSES:
+        kind = ErrorKind.UNANSWERED
     elif status >= 500 or code in {"InternalError", "ServiceUnavailable", "SystemError"}:
         kind = ErrorKind.TRANSIENT
     else:

@@ -127,7 +127,7 @@ class Busy(Exception):
 _clients: dict[str, redis.Redis] = {}
 
 
-def _client() -> redis.Redis:
+def client() -> redis.Redis:
     """One client (and connection pool) per URL for the process; redis-py's are thread-safe."""
     url = settings.QWEN_LIMITS_REDIS_URL
     if url not in _clients:
@@ -164,21 +164,21 @@ def recovery_seconds() -> tuple[float, dict[str, float]]:
 
 def acquire(spec: ModelSpec) -> str | None:
     """Take a slot for one call of the model, or raise Busy. Returns the slot's token."""
-    client = _client()
+    redis_ = client()
     in_flight, starts, pause, _ = _keys(spec.name)
     token = uuid.uuid4().hex
     keys = [EPOCH, ALL_MODELS, in_flight, starts, pause, ASKING]
     args = [settings.QWEN_MAX_CONCURRENT, spec.max_in_flight or 0, spec.per_minute or 0, lease_seconds(), token,
             # The wait if the worker that found Redis empty dies before asking the database.
             max(lease_seconds(), WINDOW + 1)]
-    answer = client.eval(_ACQUIRE, len(keys), *keys, *args).decode()
+    answer = redis_.eval(_ACQUIRE, len(keys), *keys, *args).decode()
     if answer == "fresh":
         wait, per_model = recovery_seconds()
         logger.warning("provider limits: Redis held no slots (restarted or new); calls wait %.0fs", wait)
         for model, seconds in per_model.items():
-            client.eval(_PUSH_BACK, 1, _keys(model)[2], seconds, "")
-        client.eval(_PUSH_BACK, 1, EPOCH, wait, "force")
-        client.delete(ASKING)
+            redis_.eval(_PUSH_BACK, 1, _keys(model)[2], seconds, "")
+        redis_.eval(_PUSH_BACK, 1, EPOCH, wait, "force")
+        redis_.delete(ASKING)
         raise Busy(0)
     if answer:
         raise Busy(float(answer))
@@ -187,28 +187,28 @@ def acquire(spec: ModelSpec) -> str | None:
 
 def release(spec: ModelSpec, token: str) -> None:
     try:
-        _client().pipeline().zrem(ALL_MODELS, token).zrem(_keys(spec.name)[0], token).execute()
+        client().pipeline().zrem(ALL_MODELS, token).zrem(_keys(spec.name)[0], token).execute()
     except redis.RedisError:
         pass  # the lease runs out by itself
 
 
 def renew(spec: ModelSpec, token: str) -> int:
     keys = [EPOCH, ALL_MODELS, _keys(spec.name)[0]]
-    return int(_client().eval(_RENEW, len(keys), *keys, lease_seconds(), token))
+    return int(client().eval(_RENEW, len(keys), *keys, lease_seconds(), token))
 
 
 def holds(spec: ModelSpec, token: str) -> bool:
-    return _client().zscore(ALL_MODELS, token) is not None
+    return client().zscore(ALL_MODELS, token) is not None
 
 
 def pause(spec: ModelSpec, seconds: float) -> None:
     """Start no call of the model for `seconds` (a 429's Retry-After), on every worker."""
-    _client().eval(_PUSH_BACK, 1, _keys(spec.name)[2], seconds, "")
+    client().eval(_PUSH_BACK, 1, _keys(spec.name)[2], seconds, "")
 
 
 def in_flight(model: str | None = None) -> int:
     """Calls holding a slot now, for one model or for the studio."""
-    return int(_client().eval(_COUNT, 1, ALL_MODELS if model is None else _keys(model)[0]))
+    return int(client().eval(_COUNT, 1, ALL_MODELS if model is None else _keys(model)[0]))
 
 
 @contextmanager

@@ -69,7 +69,7 @@ class GenerationQuerySet(models.QuerySet):
             if job is None:
                 return None
             job.save_progress(status=Generation.Status.RUNNING, lease_until=now + lease, not_before=None,
-                              started_at=job.started_at or now)
+                              started_at=job.started_at or now, holder=uuid.uuid4())
         return job
 
     def created_between(self, start, end) -> "GenerationQuerySet":
@@ -134,6 +134,8 @@ class Generation(models.Model):
     not_before = models.DateTimeField(null=True, blank=True)
     # When its latest call started: the fair queue's round-robin and the provider limits read it.
     call_started_at = models.DateTimeField(null=True, blank=True)
+    # Which turn holds the job while it runs: the message that held it may take it back at once.
+    holder = models.UUIDField(null=True, blank=True, editable=False)
     # Since when the provider has answered its calls with 429s only (None once one is answered).
     throttled_since = models.DateTimeField(null=True, blank=True)
     api_seconds = models.FloatField(default=0)
@@ -206,14 +208,16 @@ class Generation(models.Model):
         """A job waiting for its turn can be canceled by its maker; a call under way can't be taken back."""
         return self.status == self.Status.QUEUED and self.can_change(user)
 
-    def claim(self, lease: timedelta) -> bool:
-        """Take back a running job whose worker stopped or which waited to retry; False when a worker holds it.
+    def claim(self, lease: timedelta, holder=None) -> bool:
+        """Take back a running job whose worker stopped or which waited to retry, or which `holder` (the
+        turn that held it) left when the database failed; False when another worker holds it.
 
         Queued jobs are taken in their turn, by GenerationQuerySet.take_next.
         """
         now = timezone.now()
-        taken = Generation.objects.filter(_running_without_lease(now), pk=self.pk).update(
-            lease_until=now + lease, started_at=Coalesce(F("started_at"), now), updated=now,
+        mine = Q(status=self.Status.RUNNING, holder=holder) if holder else Q(pk__in=[])
+        taken = Generation.objects.filter(_running_without_lease(now) | mine, pk=self.pk).update(
+            lease_until=now + lease, started_at=Coalesce(F("started_at"), now), updated=now, holder=uuid.uuid4(),
         )
         if taken:
             self.refresh_from_db()

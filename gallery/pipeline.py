@@ -13,6 +13,7 @@ place. A job left `running` by a stopped worker is taken back after its lease.
 
 import hashlib
 import io
+import json
 import logging
 import random
 import time
@@ -21,11 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
 
 import PIL.Image
 import redis
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import connection as db_connection
 from django.db.models import Min
 from django.utils import timezone
 
@@ -49,12 +52,14 @@ _uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="uploads")
 
 class TryLater(Exception):
     """The work hit a passing fault or must wait; run the message again after `seconds`,
-    for `generation_id` when it names the job that has to be looked after."""
+    for `generation_id` when it names the job that has to be looked after, as its `holder`
+    when the job is still held by this turn (so the retry takes it back at once)."""
 
-    def __init__(self, seconds: float, generation_id=None):
+    def __init__(self, seconds: float, generation_id=None, holder=None):
         super().__init__(f"try again in {seconds:.1f}s")
         self.seconds = seconds
         self.generation_id = generation_id
+        self.holder = holder
 
 
 class JobFailed(Exception):
@@ -73,15 +78,23 @@ def backoff(retries: int) -> float:
     return min(300.0, 2.0 ** retries) * random.uniform(0.5, 1.0)
 
 
-def run(generation_id: str) -> None:
-    """One message: take back the job it names if its worker stopped, then take a turn for its model."""
+def run(generation_id: str, holder: str | None = None) -> None:
+    """One message: take back the job it names if its worker stopped (or this message held it when
+    the database failed), then take a turn for its model."""
     origin = Generation.objects.filter(pk=generation_id).first()
     if origin is None:
-        logger.info("generation %s: gone", generation_id)
+        logger.info("job=%s step=gone", generation_id)
         return
-    if origin.status == Generation.Status.RUNNING and origin.claim(lease()):
+    if origin.status == Generation.Status.RUNNING and origin.claim(lease(), holder):
+        log_step(origin, "resumed")
         carry_on(origin)
     take_turn(origin.model)
+
+
+def log_step(job: Generation, step: str, **fields) -> None:
+    """One structured line per step of a job, for operators: key=value, the job id first."""
+    extra = " ".join(f"{key}={value}" for key, value in fields.items())
+    logger.info("job=%s step=%s model=%s status=%s %s", job.pk, step, job.model, job.status, extra)
 
 
 def take_turn(model: str) -> None:
@@ -129,7 +142,9 @@ def _one_turn(model: str) -> Generation | None:
 def call(job: Generation, spec: ModelSpec, token: str) -> None:
     """Make the job's next API call in the slot held, saving the answer before anything else."""
     if job.call_in_flight is not None:
-        count_unconfirmed_call(job)
+        settle_call_in_flight(job)
+        if not job.calls_left:
+            return
     call_index = len(job.answers)
     first_index = sum(answer["n"] for answer in job.answers)
     count = spec.calls_for(job.n)[call_index]
@@ -148,6 +163,7 @@ def call(job: Generation, spec: ModelSpec, token: str) -> None:
         job.call_in_flight = None
         job.requeue(attempts=job.attempts - 1)
         raise TryLater(random.uniform(0.5, 1.5), job.pk)
+    log_step(job, "call", call=call_index, images=count)
     started = time.monotonic()
     try:
         answer = client.generate(body)
@@ -157,12 +173,61 @@ def call(job: Generation, spec: ModelSpec, token: str) -> None:
         raise
     finally:
         job.api_seconds += time.monotonic() - started
-    job.answers.append({
-        "first_index": first_index, "n": count, "seed": job.seed_for(first_index),
-        "results": [asdict(result) for result in answer.results],
-    })
-    job.save_progress(answers=job.answers, call_in_flight=None, api_seconds=job.api_seconds, throttled_since=None,
-                      status_detail="Saving images…")
+    saved = {"first_index": first_index, "n": count, "seed": job.seed_for(first_index),
+             "results": [asdict(result) for result in answer.results]}
+    # Paid for: kept in Redis before anything else, then in the database, however long that takes.
+    stash_answer(job, call_index, saved)
+    job.answers.append(saved)
+    durably(lambda: job.save_progress(answers=job.answers, call_in_flight=None, api_seconds=job.api_seconds,
+                                      throttled_since=None, status_detail="Saving images…"))
+    log_step(job, "answered", call=call_index, images=len(answer.results), seconds=f"{time.monotonic() - started:.1f}")
+
+
+ANSWER_KEY = "qwenstudio:answers:{}:{}"
+ANSWER_DAYS = 2  # longer than the provider keeps its result links
+
+
+def stash_answer(job: Generation, call_index: int, saved: dict) -> None:
+    try:
+        limits.client().set(ANSWER_KEY.format(job.pk, call_index), json.dumps(saved), ex=ANSWER_DAYS * 86400)
+    except redis.RedisError as error:
+        logger.warning("job=%s step=stash failed=%s", job.pk, type(error).__name__)
+
+
+def stashed_answer(job: Generation, call_index: int) -> dict | None:
+    try:
+        raw = limits.client().get(ANSWER_KEY.format(job.pk, call_index))
+    except redis.RedisError:
+        return None
+    return json.loads(raw) if raw else None
+
+
+def durably(write, seconds: float = 60.0):
+    """Run a database write, retrying on a fresh connection while the database is away (up to `seconds`)."""
+    deadline = time.monotonic() + seconds
+    pause = 0.2
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + pause > deadline:
+                raise
+            close_old_connections()
+            db_connection.close()
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def settle_call_in_flight(job: Generation) -> None:
+    """A call of the job was cut off, or its worker stopped mid-call: adopt its answer if it was kept,
+    else count it as possibly billed."""
+    saved = stashed_answer(job, job.call_in_flight)
+    if saved is not None and len(job.answers) == job.call_in_flight:
+        job.answers.append(saved)
+        job.save_progress(answers=job.answers, call_in_flight=None)
+        log_step(job, "adopted", call=len(job.answers) - 1)
+        return
+    count_unconfirmed_call(job)
 
 
 def carry_on(job: Generation) -> None:
@@ -170,14 +235,17 @@ def carry_on(job: Generation) -> None:
     it for its next call."""
     with handling(job):
         if job.call_in_flight is not None:
-            count_unconfirmed_call(job)  # its worker stopped mid-call
+            settle_call_in_flight(job)  # its worker stopped mid-call, or the database went away
         problems = store_results(job)
         if job.calls_left > 0:
             reasons = " ".join(dict.fromkeys([job.error_message, *problems])).strip()
             job.save_progress(error_message=reasons)
             job.requeue()
+            log_step(job, "queued", calls_left=job.calls_left)
             return
         finish(job, problems)
+        log_step(job, "finished", images=job.images.count(), billed=job.billed_images,
+                 unconfirmed=job.unconfirmed_calls)
 
 
 @contextmanager
@@ -195,8 +263,13 @@ def handling(job: Generation) -> Iterator[None]:
         retry_later(job, "Waiting for the queue to come back.")
     except JobFailed as failure:
         job.finish(Generation.Status.FAILED, failure.code, failure.message)
-    except (TryLater, limits.Busy, OperationalError, InterfaceError):
-        raise  # the task retries; a database hiccup must not fail the job
+        log_step(job, "failed", code=failure.code)
+    except (OperationalError, InterfaceError) as error:
+        # A database hiccup must not fail the job: this message takes it back as soon as it can.
+        logger.warning("job=%s step=database-error error=%s", job.pk, type(error).__name__)
+        raise TryLater(backoff(2), job.pk, holder=job.holder) from None
+    except (TryLater, limits.Busy):
+        raise
     except Exception:
         logger.exception("generation %s failed unexpectedly", job.pk)
         job.finish(Generation.Status.FAILED, "StudioError",
@@ -281,18 +354,27 @@ def store_results(generation: Generation) -> list[str]:
         for offset, result in enumerate(answer["results"])
         if answer["first_index"] + offset not in done
     ]
-    problems = []
-    futures = [_images.submit(store_files, generation.pk, index, generation.seed_for(index), result)
+    problems, passing = [], None
+    futures = [(index, _images.submit(store_files, generation.pk, index, generation.seed_for(index), result))
                for index, result in pending]
-    for future in futures:
+    # Every image that can be kept is kept, whatever happens to its siblings.
+    for index, future in futures:
         try:
             stored = future.result()
-        except DownloadError as error:
-            if error.retryable:
-                raise storage.StorageError(str(error)) from error
-            problems.append(str(error))
+        except (storage.StorageError, DownloadError) as error:
+            if isinstance(error, storage.StorageError) or error.retryable:
+                passing = passing or str(error)
+            else:
+                problems.append(f"Image {index + 1}: {error}")
             continue
-        save_rows(generation, stored)
+        except Exception:
+            logger.exception("job=%s step=store image=%s", generation.pk, index)
+            problems.append(f"Image {index + 1} could not be saved because of a fault inside the studio.")
+            continue
+        durably(partial(save_rows, generation, stored))
+        log_step(generation, "stored", image=index)
+    if passing:
+        raise storage.StorageError(passing)
     return problems
 
 
@@ -300,9 +382,14 @@ def store_files(generation_id, index: int, seed: int, result: Result) -> Stored:
     """Download, check and store one image and its thumbnails. Touches no database."""
     data = client.fetch_result(result)
     key = storage.original_key(generation_id, index)
-    uploads = [_uploads.submit(storage.put, key, data)]
     digest = hashlib.sha256(data).hexdigest()
-    with PIL.Image.open(io.BytesIO(data), formats=["PNG"]) as picture:
+    try:
+        picture = PIL.Image.open(io.BytesIO(data), formats=["PNG"])
+        picture.load()  # the whole image decodes before anything is stored: no orphan files
+    except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError):
+        raise DownloadError("the provider's file is damaged and could not be read.", retryable=False) from None
+    with picture:
+        uploads = [_uploads.submit(storage.put, key, data)]
         width, height = picture.size
         renditions = make_renditions(generation_id, index, picture, uploads)
     for upload in uploads:

@@ -13,12 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
-def run_generation(self, generation_id: str) -> None:
+def run_generation(self, generation_id: str, holder: str | None = None) -> None:
     try:
-        pipeline.run(generation_id)
+        pipeline.run(generation_id, holder)
     except pipeline.TryLater as later:
         # A moment past the job's lease, so that the retry always finds it free to take back.
-        raise self.retry(args=[str(later.generation_id or generation_id)], countdown=later.seconds + 0.5) from None
+        holder = str(later.holder) if later.holder else None
+        raise self.retry(args=[str(later.generation_id or generation_id), holder],
+                         countdown=later.seconds + 0.5) from None
     except (OperationalError, InterfaceError) as error:
         logger.warning("generation %s: database unavailable (%s)", generation_id, type(error).__name__)
         raise self.retry(countdown=pipeline.backoff(3)) from None

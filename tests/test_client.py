@@ -197,18 +197,27 @@ def test_429_without_a_json_body_is_throttled():
     assert api_error(429, b"<html>429 Too Many Requests</html>").kind is ErrorKind.THROTTLED
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [500, 503])
 def test_server_fault_with_a_json_body_is_transient(status):
     error = api_error(status, error_bytes("InternalError"))
 
     assert (error.kind, error.status) == (ErrorKind.TRANSIENT, status)
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [500, 503])
 def test_server_fault_with_an_html_body_is_transient(status):
-    error = api_error(status, b"<html><body><h1>502 Bad Gateway</h1></body></html>")
+    error = api_error(status, b"<html><body><h1>503 Service Unavailable</h1></body></html>")
 
     assert (error.kind, error.code) == (ErrorKind.TRANSIENT, f"HTTP{status}")
+
+
+@pytest.mark.parametrize("status", [502, 504])
+@pytest.mark.parametrize("content", [error_bytes("InternalError"), b"<html><h1>504 Gateway Time-out</h1></html>"])
+def test_a_proxy_giving_up_counts_as_maybe_billed(status, content):
+    # a 502/504 from a proxy in front of the gateway: the upstream task may have been made
+    error = api_error(status, content)
+
+    assert (error.kind, error.status) == (ErrorKind.UNANSWERED, status)
 
 
 def test_malformed_json_on_a_200_is_unanswered():
