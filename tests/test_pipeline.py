@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import PIL.Image
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from gallery import limits, pipeline
@@ -313,3 +314,92 @@ def test_a_storage_outage_waits_and_resumes_without_calling_again(worker, alice,
     assert generation.status == Generation.Status.SUCCEEDED
     assert len(generation_calls(sim, generation)) == 1
     assert generation.images.count() == 1
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_proxy_giving_up_counts_as_a_maybe_billed_call_and_the_card_says_so(worker, alice, sim, status, client):
+    # given a gateway behind a proxy that gives up once with a 502/504
+    generation = make_generation(alice, prompt=f"proxy gave up {status}")
+    sim.fault("server_error", status=status, match=generation.prompt)
+
+    # when the worker runs the job
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then it is made on the next call, with that call counted as possibly billed, and the card says so
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert (generation.unconfirmed_calls, len(generation_calls(sim, generation))) == (1, 2)
+    client.force_login(alice)
+    assert "1 call went unanswered" in client.get(f"/jobs/{generation.pk}/").content.decode()
+
+
+def test_a_database_error_after_the_answer_loses_nothing_and_calls_once(worker, alice, sim, monkeypatch):
+    # given a database that fails the first three times the answer is saved
+    generation = make_generation(alice, prompt="database hiccup after the answer")
+    save_progress = Generation.save_progress
+    failures = []
+
+    def flaky(job, **fields):
+        if "answers" in fields and len(failures) < 3:
+            failures.append(fields)
+            raise OperationalError("server closed the connection unexpectedly")
+        return save_progress(job, **fields)
+    monkeypatch.setattr(Generation, "save_progress", flaky)
+
+    # when the worker runs the job
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then the save was retried on a fresh connection: one call, one image
+    assert len(failures) == 3
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.images.count() == 1 and generation.unconfirmed_calls == 0
+
+
+def test_a_turn_whose_database_stayed_away_takes_its_job_back_and_adopts_the_kept_answer(
+        worker, alice, sim, monkeypatch):
+    # given a database that stays away longer than a turn retries a save in place
+    generation = make_generation(alice, prompt="database away for a while after the answer")
+    save_progress = Generation.save_progress
+    durably = pipeline.durably
+    monkeypatch.setattr(pipeline, "durably", lambda write, seconds=60.0: durably(write, seconds=0.5))
+    failing = [True]
+
+    def away(job, **fields):
+        if "answers" in fields and failing[0]:
+            failing[0] = False
+            raise OperationalError("the database system is shutting down")
+        return save_progress(job, **fields)
+    monkeypatch.setattr(Generation, "save_progress", away)
+    started = time.monotonic()
+
+    # when the worker runs the job and the database comes back
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then the same message took the job back at once (not after its lease) and adopted the answer kept
+    # in Redis, without calling again
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.unconfirmed_calls == 0
+    assert time.monotonic() - started < pipeline.lease().total_seconds() / 2
+
+
+def test_a_worker_that_died_after_the_answer_reached_redis_only_is_not_billed_again(transactional_db, alice, sim):
+    # given a worker that got the answer, kept it in Redis, and died before the database had it
+    generation = make_generation(alice, prompt="died between Redis and the database")
+    job = Generation.objects.take_next(generation.model, pipeline.lease())
+    with limits.slot(job.spec, wait=5) as token:
+        pipeline.call(job, job.spec, token)
+    Generation.objects.filter(pk=job.pk).update(answers=[], call_in_flight=0,
+                                                lease_until=timezone.now() - timedelta(seconds=1))
+
+    # when its message is delivered again
+    pipeline.run(str(generation.pk))
+
+    # then the kept answer is used: one call, one image, nothing counted as unconfirmed
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert len(generation_calls(sim, generation)) == 1
+    assert generation.unconfirmed_calls == 0 and generation.images.count() == 1
