@@ -244,3 +244,29 @@ def _keep(spec: ModelSpec, token: str, stop: threading.Event) -> None:
                 logger.warning("provider limits: a slot of %s ran out while its call went on", spec.name)
         except redis.RedisError as error:
             logger.warning("provider limits: could not renew a slot of %s: %s", spec.name, type(error).__name__)
+
+
+TURN = PREFIX + "turn:{}"
+LAST_SWEEP = PREFIX + "last-sweep"
+
+
+def note_turn(model: str, quiet_for: float) -> None:
+    """A message took a turn for the model, and looks again within `quiet_for` seconds: the sweeper
+    leaves the model's queue alone until then (plus QWEN_REQUEUE_AFTER)."""
+    try:
+        client().set(TURN.format(model), "1", ex=max(1, int(quiet_for + settings.QWEN_REQUEUE_AFTER)))
+    except redis.RedisError:
+        pass  # then the sweeper may send a spare message: harmless
+
+
+def turn_seen(model: str) -> bool:
+    return bool(client().exists(TURN.format(model)))
+
+
+def note_sweep() -> None:
+    client().set(LAST_SWEEP, str(time.time()))
+
+
+def seconds_since_sweep() -> float | None:
+    value = client().get(LAST_SWEEP)
+    return time.time() - float(value) if value else None

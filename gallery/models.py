@@ -23,14 +23,20 @@ def _running_without_lease(now) -> Q:
 
 
 class GenerationQuerySet(models.QuerySet):
-    def stuck(self) -> "GenerationQuerySet":
-        """Jobs whose message was lost (queued) or whose worker stopped (running, lease over)."""
+    def stranded(self) -> "GenerationQuerySet":
+        """Running jobs no worker holds any more (lease over), quiet for QWEN_REQUEUE_AFTER."""
         now = timezone.now()
-        quiet = now - timedelta(seconds=settings.QWEN_REQUEUE_AFTER)
-        return self.filter(
-            Q(status=Generation.Status.QUEUED) | _running_without_lease(now),
-            updated__lt=quiet,
-        )
+        return self.filter(_running_without_lease(now),
+                           updated__lt=now - timedelta(seconds=settings.QWEN_REQUEUE_AFTER))
+
+    def waiting_quietly(self) -> dict[str, list]:
+        """Queued jobs unchanged for QWEN_REQUEUE_AFTER, oldest first, by model."""
+        quiet = timezone.now() - timedelta(seconds=settings.QWEN_REQUEUE_AFTER)
+        by_model: dict[str, list] = {}
+        for pk, model in (self.filter(status=Generation.Status.QUEUED, updated__lt=quiet)
+                          .order_by("created").values_list("pk", "model")):
+            by_model.setdefault(model, []).append(pk)
+        return by_model
 
     def waiting_for(self, model: str) -> "GenerationQuerySet":
         """Queued jobs of one model: each waits for a provider slot for its next call."""
@@ -101,6 +107,7 @@ class Generation(models.Model):
         CANCELED = "canceled", _("Canceled")
 
     FINISHED = (Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELED)
+    QUEUE_DOWN = "The job queue can't be reached just now. Your job is saved and starts when the queue is back."
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations")
@@ -197,6 +204,11 @@ class Generation(models.Model):
     def seed_for(self, index: int) -> int:
         """Image i of a generation is made with seed + i, across calls as within one."""
         return (self.seed + index) % (MAX_SEED + 1)
+
+    @property
+    def waits_for_the_queue(self) -> bool:
+        """Its message could not be sent (the broker was down): the sweeper sends it once it is back."""
+        return self.status == self.Status.QUEUED and self.status_detail == self.QUEUE_DOWN
 
     @property
     def calls_left(self) -> int:

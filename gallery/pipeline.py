@@ -109,6 +109,7 @@ def take_turn(model: str) -> None:
 
 
 def _one_turn(model: str) -> Generation | None:
+    limits.note_turn(model, SLOT_WAIT)
     spec = get_model(model)
     if spec is None:
         if job := Generation.objects.take_next(model, lease()):
@@ -119,8 +120,9 @@ def _one_turn(model: str) -> Generation | None:
     if not waiting.exists():
         return None  # nothing waits: this message's work is done
     if not Generation.objects.ready_for(model, now).exists():
-        earliest = waiting.aggregate(Min("not_before"))["not_before__min"]
-        raise TryLater((earliest - now).total_seconds())
+        seconds = (waiting.aggregate(Min("not_before"))["not_before__min"] - now).total_seconds()
+        limits.note_turn(model, seconds)
+        raise TryLater(seconds)
     try:
         with limits.slot(spec, wait=SLOT_WAIT) as token:
             job = Generation.objects.take_next(model, lease())
@@ -130,7 +132,9 @@ def _one_turn(model: str) -> Generation | None:
                 call(job, spec, token)
     except limits.Busy as busy:
         # The jobs stay queued; this message looks again when a slot may be free.
-        raise TryLater(max(busy.seconds, random.uniform(0.5, 1.5))) from None
+        seconds = max(busy.seconds, random.uniform(0.5, 1.5))
+        limits.note_turn(model, seconds)
+        raise TryLater(seconds) from None
     except redis.RedisError as error:
         logger.warning("provider limits: Redis: %s", type(error).__name__)
         raise TryLater(backoff(2)) from None

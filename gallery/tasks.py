@@ -3,10 +3,11 @@
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from gallery import pipeline
+from gallery import limits, pipeline
 from gallery.models import Generation
 
 logger = logging.getLogger(__name__)
@@ -28,20 +29,34 @@ def run_generation(self, generation_id: str, holder: str | None = None) -> None:
 
 @shared_task
 def sweep() -> int:
-    """Re-send jobs whose message was lost and jobs whose worker stopped mid-way."""
-    stuck = list(Generation.objects.stuck().values_list("pk", flat=True)[:500])
-    for generation_id in stuck:
-        # Touching `updated` keeps the next sweeps from sending it again straight away.
+    """Re-send lost work, once for each loss: jobs left running by a stopped worker (taken back from
+    their last saved step), and the queued jobs of a model no message has taken a turn for lately (a
+    broker that lost its messages). A backlog that is only waiting its turn is left alone."""
+    limits.note_sweep()
+    stranded = list(Generation.objects.stranded().values_list("pk", flat=True)[:500])
+    for generation_id in stranded:
+        # Touching `updated` keeps the next sweeps from sending it again before it can be taken back.
         Generation.objects.filter(pk=generation_id).update(updated=timezone.now())
         enqueue(generation_id)
-    return len(stuck)
+    resent = 0
+    for model, ids in Generation.objects.waiting_quietly().items():
+        if limits.turn_seen(model):
+            continue  # messages for the model are alive: these jobs are waiting their turn
+        sent = sum(enqueue(generation_id) for generation_id in ids[:500])
+        if sent:
+            limits.note_turn(model, settings.QWEN_REQUEUE_AFTER)  # once: the next sweep waits for these
+            logger.info("sweep: re-sent %d queued jobs of %s", sent, model)
+        resent += sent
+    return len(stranded) + resent
 
 
 def enqueue(generation_id) -> bool:
-    """Send the job to the queue; when the broker is down the sweeper sends it later."""
+    """Send the job to the queue; when the broker is down, say so on its card: the sweeper sends it later."""
     try:
         run_generation.delay(str(generation_id))
     except Exception as error:  # kombu and redis raise many kinds; the job is safe in the database
-        logger.warning("could not queue generation %s: %s", generation_id, type(error).__name__)
+        logger.warning("job=%s step=enqueue failed=%s", generation_id, type(error).__name__)
+        Generation.objects.filter(pk=generation_id, status=Generation.Status.QUEUED).update(
+            status_detail=Generation.QUEUE_DOWN)
         return False
     return True

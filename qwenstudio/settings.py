@@ -208,13 +208,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Every retry countdown stays well below this, so Redis never redelivers a waiting task.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2  # the generate page says "queue down" in seconds, not after a stall
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+# How often beat runs the sweeper (gallery.tasks.sweep).
+QWEN_SWEEP_SECONDS = envint("QWEN_SWEEP_SECONDS", 30, minimum=1)
 CELERY_BEAT_SCHEDULE = {
-    "sweep-stuck-generations": {"task": "gallery.tasks.sweep", "schedule": 30.0},
+    "sweep-stuck-generations": {"task": "gallery.tasks.sweep", "schedule": float(QWEN_SWEEP_SECONDS)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
-# The sweeper re-sends a queued job whose message has gone missing after this many seconds.
+# The sweeper re-sends a job after this many quiet seconds: running with its lease over, or queued
+# for a model no message has taken a turn for.
 QWEN_REQUEUE_AFTER = envint("QWEN_REQUEUE_AFTER", 120, minimum=5)
 
 # Sign-in lockout (django-axes). Two separate rules: that many failed sign-ins to one account,
@@ -307,6 +311,7 @@ if not DEBUG:
     # Production sits behind a TLS proxy that sets X-Forwarded-Proto (README, "Deploy").
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = envbool("DJANGO_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # compose checks it over plain http inside the network
     SECURE_HSTS_SECONDS = envint("DJANGO_HSTS_SECONDS", 60 * 60 * 24 * 365)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = envbool("DJANGO_HSTS_PRELOAD", True)

@@ -379,7 +379,7 @@ def test_a_worker_killed_mid_call_frees_its_slot_within_the_lease_and_its_job_is
         assert (generation.status, generation.call_in_flight, generation.attempts) == ("running", 0, 1)
         past = timezone.now() - timedelta(seconds=settings.QWEN_REQUEUE_AFTER + 1)
         Generation.objects.filter(pk=generation.pk).update(lease_until=past, updated=past)
-        assert Generation.objects.stuck().filter(pk=generation.pk).exists()  # the sweeper would re-send it
+        assert Generation.objects.stranded().filter(pk=generation.pk).exists()  # the sweeper would re-send it
 
         # when a new worker gets its message again
         second = start_celery(queue, "test-limits-worker-2.log", sim, s3_endpoint, limits_redis, settings)

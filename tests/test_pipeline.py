@@ -403,3 +403,33 @@ def test_a_worker_that_died_after_the_answer_reached_redis_only_is_not_billed_ag
     assert generation.status == Generation.Status.SUCCEEDED
     assert len(generation_calls(sim, generation)) == 1
     assert generation.unconfirmed_calls == 0 and generation.images.count() == 1
+
+
+def test_the_sweeper_resends_a_lost_backlog_once_not_on_every_sweep(db, alice, limits_redis, settings):
+    # given three jobs queued long ago for a model no message has taken a turn for (the broker lost them)
+    limits_redis.client().flushdb()
+    long_ago = timezone.now() - timedelta(seconds=settings.QWEN_REQUEUE_AFTER + 5)
+    jobs = [make_generation(alice, prompt=f"lost backlog {index}") for index in range(3)]
+    Generation.objects.filter(pk__in=[job.pk for job in jobs]).update(updated=long_ago)
+
+    # when the sweeper runs twice
+    from gallery.tasks import sweep
+    first, second = sweep(), sweep()
+
+    # then it re-sent each once, and left them alone the second time: their messages are on the way
+    assert (first, second) == (3, 0)
+
+
+def test_the_sweeper_leaves_a_backlog_alone_while_messages_take_turns(db, alice, limits_redis, settings):
+    # given jobs long queued for a model whose messages are taking turns (waiting for slots)
+    limits_redis.client().flushdb()
+    long_ago = timezone.now() - timedelta(seconds=settings.QWEN_REQUEUE_AFTER + 5)
+    jobs = [make_generation(alice, prompt=f"waiting backlog {index}") for index in range(3)]
+    Generation.objects.filter(pk__in=[job.pk for job in jobs]).update(updated=long_ago)
+    limits.note_turn(jobs[0].model, pipeline.SLOT_WAIT)
+
+    # when the sweeper runs
+    from gallery.tasks import sweep
+
+    # then it sends nothing: they are waiting their turn, not lost
+    assert sweep() == 0

@@ -36,8 +36,13 @@ def generate(request: HtmxHttpRequest) -> HttpResponse:
         if request.htmx:
             return render(request, "gallery/generate.html#form", {"form": form, "quota": quotas.standing(request.user)})
         return _page(request, form, status=422)
+    generation.refresh_from_db()
     if not request.htmx:
-        messages.success(request, _("Queued. Your images will appear below."))
+        if generation.waits_for_the_queue:
+            messages.warning(request, _("Saved, but the job queue can't be reached just now: your job starts "
+                                        "when it is back."))
+        else:
+            messages.success(request, _("Queued. Your images will appear below."))
         return redirect("gallery-generate")
     # The form keeps what was typed, so the designer can vary it and generate again.
     context = {"form": form, "job": generation, "quota": quotas.standing(request.user)}
