@@ -1,10 +1,15 @@
-"""The generation call itself: apply a fault, paint the images, build the answer."""
+"""The generation call itself: apply a fault, paint the images, build the answer.
+
+An Outcome says what to answer and how many images the upstream task made (`images`): the server bills
+those in its ledger, whether or not the answer reaches the client.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -52,6 +57,8 @@ class Outcome:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    images: int = 0  # images the upstream task made: billed, delivered or not
+    cut: float | None = None  # send only this fraction of the body, under the full Content-Length
 
 
 def error_body(code: str, message: str, param: str | None = None, status: int = 400) -> dict[str, Any]:
@@ -105,13 +112,11 @@ def fault_error(fault: dict[str, Any]) -> ApiError | None:
                     fault.get("param"), headers)
 
 
-def _item_url(state: SimState, req: GenRequest, seed: int, fault_kind: str | None,
-              fault: dict[str, Any]) -> dict[str, str]:
-    kind = fault["kind"] if fault_kind == "image_body" else "png"
+def _item_url(state: SimState, req: GenRequest, seed: int, kind: str, expired: bool) -> dict[str, str]:
     entry = ImageEntry(req.prompt, seed, req.width, req.height, kind)
-    png = paint.paint(req.prompt, seed, req.width, req.height) if kind == "png" else None
+    png = paint.paint(req.prompt, seed, req.width, req.height) if kind in ("png", "truncated") else None
     token = state.store.add(entry, png)
-    expires = now() - 3600 if fault_kind == "expired_urls" else now() + state.config.url_ttl
+    expires = now() - 3600 if expired else now() + state.config.url_ttl
     return {"url": state.store.url(state.config.public_url or "", token, expires)}
 
 
@@ -123,17 +128,29 @@ def _items(state: SimState, req: GenRequest, fault: dict[str, Any] | None) -> li
     items = []
     for i in range(count):
         seed = (req.seed + i) % (SEED_MAX + 1)
+        broken = fault_kind == "image_body" and fault["index"] in (None, i)
+        expired = fault_kind == "expired_urls"
         if fault_kind == "foreign_url":
             item = {"url": fault["url"]}
-        elif req.response_format == "b64_json" and fault_kind not in ("image_body", "expired_urls"):
+        elif req.response_format == "b64_json" and not broken and not expired:
             png = paint.paint(req.prompt, seed, req.width, req.height)
             item = {"url": "", "b64_json": base64.b64encode(png).decode("ascii")}
         else:
-            item = _item_url(state, req, seed, fault_kind, fault)
+            item = _item_url(state, req, seed, fault["kind"] if broken else "png", expired)
         if revised is not None:
             item["revised_prompt"] = revised
         items.append(item)
     return items
+
+
+def random_error(throttle_rate: float, error_rate: float) -> tuple[str, ApiError] | None:
+    """The 429 or 500 that the configured random rates pick for an admitted call, with its rate's name."""
+    if throttle_rate > 0 and random.random() < throttle_rate:
+        return "throttle_rate", ApiError(429, "Throttling.RateQuota", _FAULT_ERRORS["throttle"][2],
+                                         headers={"Retry-After": "1"})
+    if error_rate > 0 and random.random() < error_rate:
+        return "error_rate", ApiError(500, "InternalError", _FAULT_ERRORS["server_error"][2])
+    return None
 
 
 def run(state: SimState, req: GenRequest, fault: dict[str, Any] | None) -> Outcome:
@@ -143,7 +160,7 @@ def run(state: SimState, req: GenRequest, fault: dict[str, Any] | None) -> Outco
         time.sleep(fault["seconds"])
     time.sleep(state.config.latency)
     error = fault_error(fault) if fault else None
-    if error is not None:
+    if error is not None and not fault.get("after_work"):
         return error_outcome(error)
     if kind == "error_200":
         message = fault.get("message") or f"The task failed upstream ({fault['code']})."
@@ -155,6 +172,13 @@ def run(state: SimState, req: GenRequest, fault: dict[str, Any] | None) -> Outco
     if req.prompt_extend:
         time.sleep(state.config.extend_delay)
     items = _items(state, req, fault)
-    if kind == "drop":
-        return Outcome(None)
-    return json_outcome(200, {"created": now(), "data": items})
+    if error is not None:  # server_error after_work: the task is done, the proxy in front answers 5xx
+        outcome = error_outcome(error)
+    elif kind == "drop":
+        outcome = Outcome(None)
+    else:
+        outcome = json_outcome(200, {"created": now(), "data": items})
+    outcome.images = len(items)
+    if kind == "cut_body":
+        outcome.cut = fault["fraction"]
+    return outcome

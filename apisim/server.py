@@ -1,4 +1,22 @@
-"""HTTP front of the simulator: routing, auth, concurrency limit, files and control endpoints."""
+"""HTTP front of the simulator: routing, auth, concurrency limit, files and control endpoints.
+
+Control endpoints: GET /_sim/calls, /_sim/downloads, /_sim/state, /_sim/faults, /_sim/ledger;
+POST /_sim/faults, /_sim/config, /_sim/reset. Every generation call gets a request number (1-based
+since the last reset) in its call record and in the billing ledger:
+
+    GET /_sim/ledger -> {"entries": [{"request", "model", "prompt", "seed", "images", "delivered", "at"}],
+                         "billed_images": <sum of images>}
+
+A call is billed once its upstream task has made images, at that moment: a 200 answer bills its results
+(delivered), and so does work whose answer never arrived whole (delivered false): drop after_work,
+cut_body, server_error after_work, and a slow call whose client had already hung up. Errors before
+the work bill nothing; `seed` is the seed the client sent (null when it sent none).
+
+Runtime config (POST /_sim/config, or APISIM_<NAME> in the environment) includes `error_rate` and
+`throttle_rate` (0 to 1, default 0): the chance that an admitted call (past auth, validation and the
+concurrency limit) answers 500 InternalError or 429 Throttling.RateQuota (Retry-After: 1) before any
+work, without taking a queued fault; such calls show `"fault": "error_rate"` / `"throttle_rate"`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +24,7 @@ import dataclasses
 import hmac
 import json
 import os
+import select
 import socket
 import sys
 import threading
@@ -18,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import generate, paint
 from .faults import FaultQueue, FaultSpecError
-from .rules import ApiError, validate
+from .rules import ApiError, GenRequest, validate
 from .store import HUGE_BODY_BYTES, PNG_SIGNATURE, ImageStore, bomb_png, now
 
 GENERATION_PATH = "/v1/images/generations"
@@ -35,6 +54,13 @@ class Config:
     latency: float = 0.0
     extend_delay: float = 0.0
     quiet: bool = False
+    error_rate: float = 0.0  # chance that an admitted call answers 500 InternalError, before any work
+    throttle_rate: float = 0.0  # chance that an admitted call answers 429 Throttling.RateQuota (Retry-After 1)
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "throttle_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
 
     @classmethod
     def from_env(cls, overrides: dict[str, Any]) -> Config:
@@ -75,6 +101,7 @@ class Config:
 _RUNTIME_FIELDS: dict[str, tuple[type, ...]] = {
     "max_concurrent": (int,), "latency": (int, float), "extend_delay": (int, float),
     "url_ttl": (int,), "api_key": (str, type(None)), "quiet": (bool,),
+    "error_rate": (int, float), "throttle_rate": (int, float),
 }
 
 
@@ -86,6 +113,7 @@ class SimState:
         self.faults = FaultQueue()
         self.calls: list[dict[str, Any]] = []
         self.downloads: list[dict[str, Any]] = []
+        self.ledger: list[dict[str, Any]] = []
         self.in_flight = 0
         self.peak_in_flight = 0  # the most generation calls admitted at once since the last reset
         self.lock = threading.Lock()
@@ -105,11 +133,21 @@ class SimState:
 
     def record_call(self, body: Any) -> dict[str, Any]:
         body = body if isinstance(body, dict) else {}
-        call = {"model": body.get("model"), "prompt": body.get("prompt", body.get("content")),
+        call = {"request": 0, "model": body.get("model"), "prompt": body.get("prompt", body.get("content")),
                 "parameters": body.get("parameters"), "status": None, "fault": None, "at": time.time()}
         with self.lock:
             self.calls.append(call)
+            call["request"] = len(self.calls)  # calls only grow between resets
         return call
+
+    def bill(self, call: dict[str, Any], model: str, prompt: str, seed: int | None, images: int,
+             delivered: bool) -> None:
+        entry = {"request": call["request"], "model": model, "prompt": prompt, "seed": seed,
+                 "images": images, "delivered": delivered, "at": time.time()}
+        with self.lock:
+            # A slow call that outlived a reset belongs to the ledger that was emptied.
+            if call["request"] <= len(self.calls) and self.calls[call["request"] - 1] is call:
+                self.ledger.append(entry)
 
     def record_download(self, token: str, status: int, sent: int) -> None:
         with self.lock:
@@ -122,6 +160,9 @@ class SimState:
                 return {"calls": [dict(call) for call in self.calls]}
             if what == "downloads":
                 return {"downloads": [dict(item) for item in self.downloads]}
+            if what == "ledger":
+                return {"entries": [dict(entry) for entry in self.ledger],
+                        "billed_images": sum(entry["images"] for entry in self.ledger)}
             config = dataclasses.asdict(self.config) | {"api_key": bool(self.config.api_key)}
             return {"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight, "config": config}
 
@@ -130,6 +171,7 @@ class SimState:
         with self.lock:
             self.calls.clear()
             self.downloads.clear()
+            self.ledger.clear()
             self.peak_in_flight = self.in_flight
             self.config = dataclasses.replace(self.initial_config)
 
@@ -196,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
             self.serve_file(url.path[len("/files/"):], parse_qs(url.query), head)
         elif url.path == "/healthz":
             self.send_body(200, b"ok", "text/plain; charset=utf-8", head=head)
-        elif url.path in ("/_sim/calls", "/_sim/downloads", "/_sim/state"):
+        elif url.path in ("/_sim/calls", "/_sim/downloads", "/_sim/state", "/_sim/ledger"):
             self.send_json(200, self.state.snapshot(url.path.rsplit("/", 1)[1]))
         elif url.path == "/_sim/faults":
             self.send_json(200, {"faults": self.state.faults.snapshot()})
@@ -272,13 +314,18 @@ class Handler(BaseHTTPRequestHandler):
                 "please try again later.", headers={"Retry-After": "1"})))
             return
         try:
-            fault = self.state.faults.take(req.prompt)
-            call["fault"] = fault["type"] if fault else None
-            try:
-                outcome = generate.run(self.state, req, fault)
-            except Exception:  # a simulator bug should still look like an upstream 500, not a hang
-                traceback.print_exc()
-                outcome = generate.error_outcome(ApiError(500, "InternalError", "apisim crashed; see its log"))
+            config = self.state.config
+            unlucky = generate.random_error(config.throttle_rate, config.error_rate)
+            if unlucky is not None:  # decided before a fault is taken, so the queued faults stay queued
+                call["fault"], error = unlucky
+                outcome = generate.error_outcome(error)
+            else:
+                outcome = self.run_task(call, req)
+            if outcome.images:
+                # Billed as the task ends, before the answer travels, so a client that got it sees the entry.
+                delivered = outcome.status == 200 and outcome.cut is None and not self.client_gone()
+                params = body.get("parameters") or {}
+                self.state.bill(call, req.model, req.prompt, params.get("seed"), outcome.images, delivered)
         finally:
             # The task is over upstream before its answer travels back, as with the real gateway.
             call["ended"] = time.time()
@@ -286,14 +333,46 @@ class Handler(BaseHTTPRequestHandler):
         call["status"] = outcome.status
         self.answer(outcome)
 
+    def run_task(self, call: dict[str, Any], req: GenRequest) -> generate.Outcome:
+        fault = self.state.faults.take(req.prompt)
+        call["fault"] = fault["type"] if fault else None
+        try:
+            return generate.run(self.state, req, fault)
+        except Exception:  # a simulator bug should still look like an upstream 500, not a hang
+            traceback.print_exc()
+            return generate.error_outcome(ApiError(500, "InternalError", "apisim crashed; see its log"))
+
+    def client_gone(self) -> bool:
+        """Whether the client hung up while the task ran (it timed out, say): its answer cannot arrive."""
+        poller = select.poll()  # not select.select, which fails past 1024 descriptors
+        poller.register(self.connection, select.POLLIN)
+        try:
+            return bool(poller.poll(0)) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def answer(self, outcome: generate.Outcome) -> None:
         if outcome.status is None:
             self.drop_connection()
             return
-        self.send_body(outcome.status, outcome.body, outcome.content_type, outcome.headers)
+        try:
+            if outcome.cut is None:
+                self.send_body(outcome.status, outcome.body, outcome.content_type, outcome.headers)
+                return
+            self.send_response(outcome.status)
+            self.send_header("Content-Type", outcome.content_type)
+            self.send_header("Content-Length", str(len(outcome.body)))
+            for name, value in outcome.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(outcome.body[:int(len(outcome.body) * outcome.cut)])
+            self.wfile.flush()
+            self.drop_connection("cut short")
+        except OSError:  # the client is gone; its call was already recorded and billed
+            self.close_connection = True
 
-    def drop_connection(self) -> None:
-        self.log_message("%s %s dropped without an answer", self.command, urlsplit(self.path).path)
+    def drop_connection(self, what: str = "dropped without an answer") -> None:
+        self.log_message("%s %s %s", self.command, urlsplit(self.path).path, what)
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -322,6 +401,9 @@ class Handler(BaseHTTPRequestHandler):
             body = paint.to_jpeg(entry.prompt, entry.seed, entry.width, entry.height)
         elif entry.kind == "bomb":
             body = bomb_png()
+        elif entry.kind == "truncated":
+            whole = self.state.store.png(token, entry)
+            body = whole[:len(whole) // 2]  # a valid header and half the pixel data, sent as if complete
         else:
             body = self.state.store.png(token, entry)
         # not_png keeps the image/png label on purpose: clients must sniff the bytes, not trust the header.

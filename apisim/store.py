@@ -16,7 +16,7 @@ from . import paint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HUGE_BODY_BYTES = 200 * 1024 * 1024
-BODY_KINDS = ("png", "not_png", "huge", "bomb")
+BODY_KINDS = ("png", "not_png", "huge", "bomb", "truncated")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -62,6 +65,18 @@ def faults(base: str, *specs: dict[str, Any]) -> None:
 
 def calls(base: str) -> list[dict[str, Any]]:
     return requests.get(base + "/_sim/calls", timeout=5).json()["calls"]
+
+
+def ledger(base: str) -> dict[str, Any]:
+    return requests.get(base + "/_sim/ledger", timeout=5).json()
+
+
+def wait_for(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+    return result
 
 
 def assert_error(resp: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -388,7 +403,11 @@ def test_rejected_requests_do_not_consume_faults(api: str) -> None:
 
 
 def test_bad_fault_spec_is_rejected(api: str) -> None:
-    for spec in ({"type": "nope"}, {"type": "image_body", "kind": "gif"}, {"type": "server_error", "status": 418}):
+    for spec in ({"type": "nope"}, {"type": "image_body", "kind": "gif"}, {"type": "server_error", "status": 418},
+                 {"type": "latency", "secnds": 1}, {"type": "drop", "after_work": "yes"},
+                 {"type": "server_error", "after_work": 1}, {"type": "image_body", "kind": "truncated", "index": -1},
+                 {"type": "image_body", "kind": "not_png", "index": True}, {"type": "cut_body", "fraction": 1},
+                 {"type": "cut_body", "status": 500}):
         resp = requests.post(api + "/_sim/faults", json={"faults": [spec]}, timeout=5)
         assert resp.status_code == 400
 
@@ -449,3 +468,296 @@ def test_runs_as_module() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+def test_ledger_bills_a_plain_answer(api: str) -> None:
+    # given: a call for three images
+    # when
+    resp = gen(api, body("a heron at dawn", n=3, seed=11))
+    # then: one delivered entry of three images, numbered like its call record
+    assert resp.status_code == 200, resp.text
+    book = ledger(api)
+    assert book["billed_images"] == 3
+    [entry] = book["entries"]
+    assert {k: v for k, v in entry.items() if k != "at"} == {
+        "request": 1, "model": FLASH, "prompt": "a heron at dawn", "seed": 11, "images": 3, "delivered": True}
+    assert abs(entry["at"] - time.time()) < 60
+    assert calls(api)[0]["request"] == 1
+
+
+def test_ledger_numbers_every_call_but_bills_only_work(api: str) -> None:
+    # given: a rejected size, a call without auth, then a good call without a seed
+    gen(api, body(size="1x1"))
+    gen(api, body(), headers=None)
+    # when
+    assert gen(api, {"model": FLASH, "prompt": "no seed given"}).status_code == 200
+    # then: three numbered calls, one billed entry, whose seed is null since none was sent
+    assert [c["request"] for c in calls(api)] == [1, 2, 3]
+    [entry] = ledger(api)["entries"]
+    assert (entry["request"], entry["seed"], entry["images"]) == (3, None, 1)
+
+
+@pytest.mark.parametrize("count,billed", [(0, 0), (2, 2)])
+def test_ledger_bills_fewer_images(api: str, count: int, billed: int) -> None:
+    # given
+    faults(api, {"type": "fewer_images", "count": count})
+    # when
+    assert len(gen(api, body(n=3)).json()["data"]) == count
+    # then: only the images that came back are billed; an empty answer bills nothing
+    book = ledger(api)
+    assert book["billed_images"] == billed
+    assert [(e["images"], e["delivered"]) for e in book["entries"]] == ([(billed, True)] if billed else [])
+
+
+@pytest.mark.parametrize("after_work", [False, True])
+def test_ledger_bills_a_drop_only_after_work(api: str, after_work: bool) -> None:
+    # given
+    faults(api, {"type": "drop", "after_work": after_work})
+    # when
+    with pytest.raises(requests.ConnectionError):
+        gen(api, body(n=2))
+    # then
+    entries = ledger(api)["entries"]
+    assert [(e["request"], e["images"], e["delivered"]) for e in entries] == ([(1, 2, False)] if after_work else [])
+
+
+def test_cut_body_sends_part_of_the_answer_and_bills_it(api: str) -> None:
+    # given
+    faults(api, {"type": "cut_body"})
+    # when: the answer announces its full length but stops halfway
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        gen(api, body(n=2))
+    # then: the work was done and billed, yet not delivered; the next call is whole
+    assert [(e["images"], e["delivered"]) for e in ledger(api)["entries"]] == [(2, False)]
+    assert calls(api)[0]["fault"] == "cut_body"
+    assert gen(api, body()).status_code == 200
+
+
+def test_cut_body_keeps_the_full_content_length(api: str) -> None:
+    # given
+    faults(api, {"type": "cut_body", "fraction": 0.25})
+    connection = http.client.HTTPConnection(urlsplit(api).netloc, timeout=30)
+    # when
+    connection.request("POST", "/v1/images/generations", json.dumps(body(n=4)),
+                       {**AUTH, "Content-Type": "application/json"})
+    resp = connection.getresponse()
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        resp.read()
+    connection.close()
+    # then: the header promised the whole answer, a quarter of it came before the connection closed
+    announced = int(resp.getheader("Content-Length"))
+    assert resp.status == 200
+    assert len(cut.value.partial) == int(announced * 0.25)
+    assert cut.value.partial.startswith(b'{"created": ')
+
+
+def test_ledger_bills_a_slow_call_once_its_work_completes(api: str) -> None:
+    # given: a call slower than the client is willing to wait
+    faults(api, {"type": "latency", "seconds": 1.0})
+    # when: the client gives up
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(api + "/v1/images/generations", json=body(n=2), headers=AUTH, timeout=0.3)
+    # then: nothing is billed yet, and the work is billed, undelivered, when it completes
+    assert ledger(api)["entries"] == []
+    [entry] = wait_for(lambda: ledger(api)["entries"])
+    assert (entry["images"], entry["delivered"]) == (2, False)
+    assert entry["at"] - calls(api)[0]["at"] >= 1.0
+    wait_for(lambda: calls(api)[0]["status"] == 200)
+
+
+def test_ledger_bills_a_slow_call_that_was_waited_for_as_delivered(api: str) -> None:
+    # given
+    faults(api, {"type": "latency", "seconds": 0.4})
+    # when
+    assert gen(api, body()).status_code == 200
+    # then
+    assert [(e["images"], e["delivered"]) for e in ledger(api)["entries"]] == [(1, True)]
+
+
+@pytest.mark.parametrize("after_work", [False, True])
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_ledger_bills_a_server_error_only_after_work(api: str, status: int, after_work: bool) -> None:
+    # given
+    faults(api, {"type": "server_error", "status": status, "after_work": after_work})
+    # when
+    assert_error(gen(api, body(n=3)), status, "InternalError")
+    # then: a proxy's late 5xx hides work that was done and billed
+    entries = ledger(api)["entries"]
+    assert [(e["images"], e["delivered"]) for e in entries] == ([(3, False)] if after_work else [])
+
+
+@pytest.mark.parametrize("fault", [{"type": "throttle"}, {"type": "quota"}, {"type": "moderation"},
+                                   {"type": "error_200"}, {"type": "malformed_json"}])
+def test_errors_before_work_bill_nothing(api: str, fault: dict[str, Any]) -> None:
+    # given
+    faults(api, fault)
+    # when
+    gen(api, body())
+    # then
+    assert ledger(api) == {"entries": [], "billed_images": 0}
+
+
+def test_reset_empties_the_ledger_and_restarts_numbering(api: str) -> None:
+    # given
+    gen(api, body(n=2))
+    assert ledger(api)["billed_images"] == 2
+    # when
+    requests.post(api + "/_sim/reset", timeout=5).raise_for_status()
+    # then
+    assert ledger(api) == {"entries": [], "billed_images": 0}
+    gen(api, body())
+    assert [e["request"] for e in ledger(api)["entries"]] == [1]
+
+
+def test_a_call_that_outlives_a_reset_is_not_billed_after_it(api: str) -> None:
+    # given: a slow call in flight
+    faults(api, {"type": "latency", "seconds": 0.5})
+    worker = threading.Thread(target=lambda: gen(api, body()))
+    worker.start()
+    wait_for(lambda: requests.get(api + "/_sim/state", timeout=5).json()["in_flight"] == 1)
+    # when: the simulator is reset under it
+    requests.post(api + "/_sim/reset", timeout=5).raise_for_status()
+    worker.join()
+    # then: its bill went with the ledger it belonged to
+    assert ledger(api)["entries"] == []
+
+
+def test_ledger_is_complete_under_concurrent_calls() -> None:
+    # given: a simulator without a concurrency limit
+    server, base = start(max_concurrent=0)
+    try:
+        # when: twenty calls at once
+        workers = [threading.Thread(target=lambda i=i: gen(base, body(f"crowd {i}", n=1 + i % 4)))
+                   for i in range(20)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        # then: every call is billed once, under its own number
+        book = ledger(base)
+        assert sorted(e["request"] for e in book["entries"]) == list(range(1, 21))
+        assert book["billed_images"] == sum(1 + i % 4 for i in range(20))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_image_body_truncated(api: str) -> None:
+    # given
+    faults(api, {"type": "image_body", "kind": "truncated"})
+    # when
+    resp = download(gen(api, body(size="640*512")).json()["data"][0]["url"])
+    # then: a complete response whose PNG header is right and whose pixels are cut off
+    assert resp.status_code == 200 and int(resp.headers["Content-Length"]) == len(resp.content)
+    assert resp.content.startswith(PNG_MAGIC)
+    whole = paint("a red fox in snow", 7, 640, 512)
+    assert resp.content == whole[:len(whole) // 2]
+    image = Image.open(io.BytesIO(resp.content))
+    assert image.size == (640, 512)
+    with pytest.raises(OSError, match="truncated"):
+        image.load()
+
+
+@pytest.mark.parametrize("kind", ["not_png", "truncated"])
+def test_image_body_index_breaks_only_that_result(api: str, kind: str) -> None:
+    # given
+    faults(api, {"type": "image_body", "kind": kind, "index": 1})
+    # when
+    items = gen(api, body(n=3)).json()["data"]
+    # then: results 0 and 2 are whole PNGs, result 1 is broken
+    bodies = [download(item["url"]).content for item in items]
+    for index in (0, 2):
+        Image.open(io.BytesIO(bodies[index])).load()
+    if kind == "not_png":
+        assert bodies[1].startswith(JPEG_MAGIC)
+    else:
+        with pytest.raises(OSError):
+            Image.open(io.BytesIO(bodies[1])).load()
+
+
+def test_image_body_index_beside_b64_json(api: str) -> None:
+    # given: a b64_json call with a broken second result
+    faults(api, {"type": "image_body", "kind": "not_png", "index": 1})
+    # when
+    items = gen(api, {**body(n=2), "response_format": "b64_json"}).json()["data"]
+    # then: the others keep the asked format; the broken one is a URL, as with image_body today
+    assert items[0]["b64_json"] and items[0]["url"] == ""
+    assert download(items[1]["url"]).content.startswith(JPEG_MAGIC)
+
+
+def set_config(base: str, **changes: Any) -> requests.Response:
+    return requests.post(base + "/_sim/config", json=changes, timeout=5)
+
+
+def test_error_rate_one_fails_every_call_and_bills_nothing(api: str) -> None:
+    # given
+    set_config(api, error_rate=1.0).raise_for_status()
+    faults(api, {"type": "fewer_images", "count": 1})
+    # when
+    responses = [gen(api, body(n=2)) for _ in range(5)]
+    # then: every admitted call is a 500, nothing is billed, and the queued fault waits
+    for resp in responses:
+        assert_error(resp, 500, "InternalError")
+    assert [c["fault"] for c in calls(api)] == ["error_rate"] * 5
+    assert ledger(api) == {"entries": [], "billed_images": 0}
+    assert len(requests.get(api + "/_sim/faults", timeout=5).json()["faults"]) == 1
+    assert_error(gen(api, body(size="1x1")), 400, "InvalidParameter")  # validation comes first
+
+
+def test_error_rate_zero_fails_no_call(api: str) -> None:
+    # given
+    set_config(api, error_rate=0).raise_for_status()
+    # when
+    statuses = [gen(api, body()).status_code for _ in range(20)]
+    # then
+    assert statuses == [200] * 20 and ledger(api)["billed_images"] == 20
+
+
+def test_error_rate_in_between_fails_some_calls() -> None:
+    # given
+    server, base = start(max_concurrent=0, error_rate=0.5)
+    try:
+        # when
+        statuses = [gen(base, body(prompt_extend=False)).status_code for _ in range(60)]
+        # then: both outcomes happen, and only the 200s are billed
+        assert set(statuses) == {200, 500}
+        assert ledger(base)["billed_images"] == statuses.count(200)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_throttle_rate_answers_429_with_retry_after(api: str) -> None:
+    # given
+    set_config(api, throttle_rate=1).raise_for_status()
+    # when
+    resp = gen(api, body())
+    # then
+    assert_error(resp, 429, "Throttling.RateQuota")
+    assert resp.headers["Retry-After"] == "1"
+    assert calls(api)[0]["fault"] == "throttle_rate" and ledger(api)["entries"] == []
+
+
+def test_rates_are_validated_and_reset(api: str) -> None:
+    # given / when
+    for bad in ({"error_rate": 1.5}, {"error_rate": -0.1}, {"error_rate": "0.5"}, {"throttle_rate": True}):
+        # then
+        assert set_config(api, **bad).status_code == 400
+    set_config(api, error_rate=0.25).raise_for_status()
+    assert requests.get(api + "/_sim/state", timeout=5).json()["config"]["error_rate"] == 0.25
+    requests.post(api + "/_sim/reset", timeout=5).raise_for_status()
+    assert requests.get(api + "/_sim/state", timeout=5).json()["config"]["error_rate"] == 0.0
+
+
+def test_error_rate_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given
+    monkeypatch.setenv("APISIM_ERROR_RATE", "1")
+    # when
+    server, base = start()
+    try:
+        # then
+        assert requests.get(base + "/_sim/state", timeout=5).json()["config"]["error_rate"] == 1.0
+        assert_error(gen(base, body()), 500, "InternalError")
+    finally:
+        server.shutdown()
+        server.server_close()
