@@ -433,3 +433,37 @@ def test_the_sweeper_leaves_a_backlog_alone_while_messages_take_turns(db, alice,
 
     # then it sends nothing: they are waiting their turn, not lost
     assert sweep() == 0
+
+
+def test_a_truncated_image_costs_only_itself_not_its_paid_sibling(worker, alice, sim, s3):
+    # given a two-image answer whose second file has a valid header and a cut body
+    generation = make_generation(alice, n=2, prompt="one damaged file in the answer")
+    sim.fault("image_body", kind="truncated", index=1, match=generation.prompt)
+
+    # when the worker runs the job
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then the good image is kept, the job says which one was damaged, it is billed for what came,
+    # and storage holds only the good image's files
+    assert generation.status == Generation.Status.PARTIAL
+    assert list(generation.images.values_list("index", flat=True)) == [0]
+    assert "Image 2" in generation.error_message and "damaged" in generation.error_message
+    assert generation.billed_images == 2 and len(generation_calls(sim, generation)) == 1
+    keys = sorted(item["Key"] for item in s3.list_objects_v2(
+        Bucket=BUCKET, Prefix=f"generations/{generation.pk}/")["Contents"])
+    assert keys == sorted(f"generations/{generation.pk}/0{suffix}" for suffix in (".png", ".grid.webp", ".card.webp"))
+
+
+def test_an_answer_cut_mid_body_counts_as_a_maybe_billed_call(worker, alice, sim):
+    # given an answer whose body is cut halfway
+    generation = make_generation(alice, prompt="answer cut in the middle")
+    sim.fault("cut_body", match=generation.prompt)
+
+    # when the worker runs the job
+    enqueue(generation.pk)
+    finished(generation)
+
+    # then the job is made on the next call, with the cut one counted as possibly billed
+    assert generation.status == Generation.Status.SUCCEEDED
+    assert (generation.unconfirmed_calls, len(generation_calls(sim, generation))) == (1, 2)
