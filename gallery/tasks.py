@@ -42,11 +42,13 @@ def sweep() -> int:
     for model, ids in Generation.objects.waiting_quietly().items():
         if limits.turn_seen(model):
             continue  # messages for the model are alive: these jobs are waiting their turn
-        sent = sum(enqueue(generation_id) for generation_id in ids[:500])
+        sent = [generation_id for generation_id in ids[:500] if enqueue(generation_id)]
         if sent:
             limits.note_turn(model, settings.QWEN_REQUEUE_AFTER)  # once: the next sweep waits for these
-            logger.info("sweep: re-sent %d queued jobs of %s", sent, model)
-        resent += sent
+            # Their cards stop saying the queue is down.
+            Generation.objects.filter(pk__in=sent, status_detail=Generation.QUEUE_DOWN).update(status_detail="")
+            logger.info("sweep: re-sent %d queued jobs of %s", len(sent), model)
+        resent += len(sent)
     return len(stranded) + resent
 
 

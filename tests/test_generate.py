@@ -1,13 +1,16 @@
 """The generate page: sign-in, the form's rules, and what a submit queues."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from gallery.models import Generation
 from gallery.tasks import run_generation
+from tests.test_pipeline import finished
 
 VALID = {"prompt": "一只小猫在草地上奔跑", "negative_prompt": "", "model": "wan2.2-t2i-flash",
          "size": "1024*1024", "n": "1", "seed": "", "prompt_extend": "on"}
@@ -187,3 +190,30 @@ def test_control_and_bidi_characters_are_stripped_from_prompts(client, django_ca
     generation = Generation.objects.get()
     assert generation.prompt == "a cat in grass\n夜景"
     assert generation.negative_prompt == "blur[31m"
+
+
+def test_once_the_queue_is_back_the_sweeper_sends_the_job_and_its_card_stops_saying_it_is_down(
+        worker, alice, sim, monkeypatch, settings):
+    # given a job submitted while the broker was down, quiet for longer than the sweeper waits
+    from gallery.tasks import sweep
+    client = Client()
+    client.force_login(alice)
+    send = run_generation.apply_async
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    monkeypatch.setattr(run_generation, "apply_async", broker_down)
+    client.post("/", VALID | {"prompt": "submitted while the queue was down"})
+    generation = Generation.objects.get()
+    assert generation.waits_for_the_queue
+    Generation.objects.filter(pk=generation.pk).update(
+        updated=timezone.now() - timedelta(seconds=settings.QWEN_REQUEUE_AFTER + 1))
+
+    # when the broker is back and the sweeper runs
+    monkeypatch.setattr(run_generation, "apply_async", send)
+    assert sweep() == 1
+
+    # then the card no longer says the queue is down, and the job is made
+    assert "queue can" not in client.get(f"/jobs/{generation.pk}/").content.decode()
+    finished(generation)
+    assert generation.status == Generation.Status.SUCCEEDED
