@@ -132,7 +132,8 @@ class Generation(models.Model):
     call_in_flight = models.SmallIntegerField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     unconfirmed_calls = models.PositiveSmallIntegerField(default=0)
-    retries = models.PositiveSmallIntegerField(default=0)
+    retries = models.PositiveSmallIntegerField(default=0)  # of the API, after 5xx answers (at most MAX_RETRIES)
+    waits = models.PositiveSmallIntegerField(default=0)  # for storage or Redis to come back (no limit)
     # Images the provider billed, settled when the job ends; until then the job holds n of its
     # maker's daily quota.
     billed_images = models.PositiveSmallIntegerField(null=True, blank=True)

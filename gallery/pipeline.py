@@ -328,10 +328,11 @@ def handle_api_error(job: Generation, error: ApiError) -> None:
 
 
 def retry_later(job: Generation, detail: str) -> None:
-    """Keep the job held until the fault may have passed; the message takes it back then."""
-    retries = job.retries + 1
-    seconds = backoff(retries)
-    job.save_progress(retries=retries, status_detail=detail[:300], call_in_flight=job.call_in_flight,
+    """Keep the job held until the outage (storage, Redis) may have passed; the message takes it back
+    then. Waiting out an outage never uses up the job's retries of the API: it only ends when it is over."""
+    waits = min(job.waits + 1, 1000)
+    seconds = backoff(waits)
+    job.save_progress(waits=waits, status_detail=detail[:300], call_in_flight=job.call_in_flight,
                       lease_until=timezone.now() + timedelta(seconds=seconds))
     raise TryLater(seconds, job.pk)
 

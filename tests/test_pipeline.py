@@ -303,17 +303,19 @@ def test_a_storage_outage_waits_and_resumes_without_calling_again(worker, alice,
 
     def waiting_for_storage():
         generation.refresh_from_db()
-        return generation.retries >= 1 and "storage" in generation.status_detail
+        return generation.waits >= 1 and "storage" in generation.status_detail
     wait_for(waiting_for_storage)
 
     # when storage comes back
     settings.STORAGES = working
     finished(generation)
 
-    # then the saved answer is used: one API call, and the image is stored
+    # then the saved answer is used: one API call, and the image is stored; the wait used up none of
+    # the job's retries of the API
     assert generation.status == Generation.Status.SUCCEEDED
     assert len(generation_calls(sim, generation)) == 1
     assert generation.images.count() == 1
+    assert generation.retries == 0
 
 
 @pytest.mark.parametrize("status", [502, 504])
