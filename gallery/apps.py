@@ -9,3 +9,10 @@ class GalleryConfig(AppConfig):
         from gallery.catalog import catalog
 
         catalog()  # a broken QWEN_CATALOG_FILE stops start-up here, not at the first form
+
+        from celery.signals import worker_shutting_down
+
+        from gallery import pipeline
+
+        # A warm shutdown lets calls in flight finish; no turn starts a new one after it begins.
+        worker_shutting_down.connect(lambda **kwargs: pipeline.STOPPING.set(), weak=False)

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 PREFIX = "qwenstudio:limits:"
 EPOCH = PREFIX + "epoch"
 ASKING = PREFIX + "asking"
+WAITERS = PREFIX + "waiters:{}"
 ALL_MODELS = PREFIX + "in-flight"
 WINDOW = 60.0  # seconds in a "calls per minute"
 POLL = 0.1  # seconds between tries while only a slot is missing
@@ -81,19 +82,28 @@ return ''
 """
 
 # KEYS: epoch, in flight (all), in flight (model); ARGV: lease, token
-# Renews a held slot. After Redis lost its data (no epoch yet, or its wait still running)
-# the holder puts its slot back; otherwise a slot that is gone stays gone.
+# Renews a held slot, putting it back if it is gone (Redis lost it, or was away past its
+# lease): a call under way is counted whatever happened, so no new call can take its place.
+# Returns 0 when it had to be put back.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local until_ = now + tonumber(ARGV[1])
-local epoch = redis.call('GET', KEYS[1])
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) or not epoch or tonumber(epoch) > now then
-  redis.call('ZADD', KEYS[2], until_, ARGV[2])
-  redis.call('ZADD', KEYS[3], until_, ARGV[2])
-  return 1
-end
+local held = redis.call('ZSCORE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[2], until_, ARGV[2])
+redis.call('ZADD', KEYS[3], until_, ARGV[2])
+if held then return 1 end
 return 0
+"""
+
+# KEYS: the model's waiters; ARGV: room, seconds, waiter. 1 when it joined the line, 0 when full.
+_JOIN_LINE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+return 1
 """
 
 # KEYS: in flight; counts the unexpired slots.
@@ -197,6 +207,14 @@ def renew(spec: ModelSpec, token: str) -> int:
     return int(client().eval(_RENEW, len(keys), *keys, lease_seconds(), token))
 
 
+def unstart(spec: ModelSpec, token: str) -> None:
+    """The slot was taken but no call made: it counts against no minute."""
+    try:
+        client().zrem(_keys(spec.name)[1], token)
+    except redis.RedisError:
+        pass
+
+
 def holds(spec: ModelSpec, token: str) -> bool:
     return client().zscore(ALL_MODELS, token) is not None
 
@@ -217,15 +235,7 @@ def slot(spec: ModelSpec, wait: float) -> Iterator[str]:
 
     Raises Busy when none came; a thread renews the slot while it is held.
     """
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            token = acquire(spec)
-            break
-        except Busy as busy:
-            if busy.seconds > POLL or time.monotonic() + POLL > deadline:
-                raise
-            time.sleep(POLL)
+    token = _wait_for_slot(spec, wait)
     stop = threading.Event()
     renewer = threading.Thread(target=_keep, args=(spec, token, stop), name="slot-renewer", daemon=True)
     renewer.start()
@@ -237,11 +247,41 @@ def slot(spec: ModelSpec, wait: float) -> Iterator[str]:
         release(spec, token)
 
 
+def _wait_for_slot(spec: ModelSpec, wait: float) -> str:
+    """Poll for a slot, as one of a few waiters per model: the rest are sent away at once, so a
+    long queue for one model never ties up the workers' threads that other models (and the
+    sweeper) need."""
+    try:
+        return acquire(spec)
+    except Busy as busy:
+        if busy.seconds > POLL:
+            raise
+    me = uuid.uuid4().hex
+    line = WAITERS.format(spec.name)
+    room = max(2, min(spec.max_in_flight or settings.QWEN_MAX_CONCURRENT, settings.QWEN_MAX_CONCURRENT))
+    if not int(client().eval(_JOIN_LINE, 1, line, room, wait + 5, me)):
+        raise Busy(0)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            time.sleep(POLL)
+            try:
+                return acquire(spec)
+            except Busy as busy:
+                if busy.seconds > POLL or time.monotonic() + POLL > deadline:
+                    raise
+    finally:
+        try:
+            client().zrem(line, me)
+        except redis.RedisError:
+            pass  # its place runs out by itself
+
+
 def _keep(spec: ModelSpec, token: str, stop: threading.Event) -> None:
     while not stop.wait(lease_seconds() / 3):
         try:
             if renew(spec, token) == 0:
-                logger.warning("provider limits: a slot of %s ran out while its call went on", spec.name)
+                logger.warning("provider limits: a slot of %s was gone while its call went on; put back", spec.name)
         except redis.RedisError as error:
             logger.warning("provider limits: could not renew a slot of %s: %s", spec.name, type(error).__name__)
 

@@ -273,10 +273,20 @@ class Generation(models.Model):
         self.refresh_from_db()
         return job is not None
 
+    class LostHold(Exception):
+        """Another turn took the job over (this one outlived its lease): this one must stop."""
+
     def save_progress(self, **fields) -> None:
+        """Save these fields, only while the turn that holds the job (if any) still does."""
+        holder = self.holder
         for name, value in fields.items():
             setattr(self, name, value)
-        self.save(update_fields=[*fields, "updated"])
+        fields["updated"] = self.updated = timezone.now()
+        rows = Generation.objects.filter(pk=self.pk)
+        if holder is not None:
+            rows = rows.filter(holder=holder)
+        if not rows.update(**fields):
+            raise self.LostHold(f"job {self.pk} is held by another turn")
 
     @property
     def images_answered(self) -> int:
@@ -285,9 +295,12 @@ class Generation(models.Model):
 
     def finish(self, status: str, error_code: str = "", error_message: str = "") -> None:
         """End the job, settling its quota to what the provider billed: images that never came are given back."""
+        # A call still unconfirmed when the job ends may have been billed: the card says so.
+        unconfirmed = self.unconfirmed_calls + (self.call_in_flight is not None)
         self.save_progress(status=status, error_code=error_code, error_message=error_message,
                            status_detail="", lease_until=None, not_before=None, call_in_flight=None,
-                           finished_at=timezone.now(), billed_images=self.images_answered)
+                           unconfirmed_calls=unconfirmed, finished_at=timezone.now(),
+                           billed_images=self.images_answered)
 
 
 class ImageQuerySet(models.QuerySet):

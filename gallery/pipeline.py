@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -106,9 +107,20 @@ def take_turn(model: str) -> None:
     while job := _one_turn(model):
         if job.status != Generation.Status.QUEUED:
             return
+        if STOPPING.is_set():
+            # The worker is shutting down: no new call, so none is cut off. The retry is a fresh
+            # message, so the job keeps one.
+            raise TryLater(1.0)
+
+
+# Set when the worker begins a warm shutdown (gallery/apps.py connects it): calls in flight finish,
+# no turn starts a new one.
+STOPPING = threading.Event()
 
 
 def _one_turn(model: str) -> Generation | None:
+    if STOPPING.is_set():
+        raise TryLater(1.0)
     limits.note_turn(model, SLOT_WAIT)
     spec = get_model(model)
     if spec is None:
@@ -120,13 +132,17 @@ def _one_turn(model: str) -> Generation | None:
     if not waiting.exists():
         return None  # nothing waits: this message's work is done
     if not Generation.objects.ready_for(model, now).exists():
-        seconds = (waiting.aggregate(Min("not_before"))["not_before__min"] - now).total_seconds()
+        earliest = waiting.aggregate(Min("not_before"))["not_before__min"]
+        if earliest is None:
+            return None  # the waiting jobs were canceled or taken meanwhile
+        seconds = max((earliest - now).total_seconds(), 0.5)
         limits.note_turn(model, seconds)
         raise TryLater(seconds)
     try:
         with limits.slot(spec, wait=SLOT_WAIT) as token:
             job = Generation.objects.take_next(model, lease())
             if job is None:
+                limits.unstart(spec, token)  # no call was made: it uses none of the minute's calls
                 return None  # another worker took the last one
             with handling(job):
                 call(job, spec, token)
@@ -254,30 +270,36 @@ def carry_on(job: Generation) -> None:
 
 @contextmanager
 def handling(job: Generation) -> Iterator[None]:
-    """Turn what went wrong with a held job into its next state: a retry, a wait, or the end."""
+    """Turn what went wrong with a held job into its next state: a retry, a wait, or the end.
+
+    A database error, in the work or in saving its outcome, never fails the job: this message takes
+    it back as soon as the database answers. A turn that lost the job to another stops quietly.
+    """
     try:
-        yield
-    except ApiError as error:
-        handle_api_error(job, error)
-    except storage.StorageError as error:
-        logger.warning("generation %s: %s", job.pk, error)
-        retry_later(job, "Waiting for storage to come back.")
-    except redis.RedisError as error:
-        logger.warning("generation %s: Redis: %s", job.pk, error)
-        retry_later(job, "Waiting for the queue to come back.")
-    except JobFailed as failure:
-        job.finish(Generation.Status.FAILED, failure.code, failure.message)
-        log_step(job, "failed", code=failure.code)
+        try:
+            yield
+        except ApiError as error:
+            handle_api_error(job, error)
+        except storage.StorageError as error:
+            logger.warning("job=%s step=wait-storage error=%s", job.pk, error)
+            retry_later(job, "Waiting for storage to come back.")
+        except redis.RedisError as error:
+            logger.warning("job=%s step=wait-redis error=%s", job.pk, type(error).__name__)
+            retry_later(job, "Waiting for the queue to come back.")
+        except JobFailed as failure:
+            job.finish(Generation.Status.FAILED, failure.code, failure.message)
+            log_step(job, "failed", code=failure.code)
+        except (TryLater, limits.Busy, OperationalError, InterfaceError, Generation.LostHold):
+            raise
+        except Exception:
+            logger.exception("job=%s step=studio-error", job.pk)
+            job.finish(Generation.Status.FAILED, "StudioError",
+                       "Something went wrong inside the studio. Please try again; we have logged it.")
     except (OperationalError, InterfaceError) as error:
-        # A database hiccup must not fail the job: this message takes it back as soon as it can.
         logger.warning("job=%s step=database-error error=%s", job.pk, type(error).__name__)
         raise TryLater(backoff(2), job.pk, holder=job.holder) from None
-    except (TryLater, limits.Busy):
-        raise
-    except Exception:
-        logger.exception("generation %s failed unexpectedly", job.pk)
-        job.finish(Generation.Status.FAILED, "StudioError",
-                   "Something went wrong inside the studio. Please try again; we have logged it.")
+    except Generation.LostHold:
+        logger.warning("job=%s step=lost-hold: another turn took it over", job.pk)
 
 
 def count_unconfirmed_call(generation: Generation) -> None:
@@ -314,7 +336,10 @@ def handle_api_error(job: Generation, error: ApiError) -> None:
             return
         # Every worker holds back from the model, not only this one; the job waits its turn again.
         seconds = min(error.retry_after if error.retry_after is not None else backoff(1), 300.0)
-        limits.pause(job.spec, seconds)
+        try:
+            limits.pause(job.spec, seconds)
+        except redis.RedisError:
+            pass  # this job still waits its turn; other workers may meet the 429 themselves
         job.requeue("The provider asked us to slow down; waiting our turn.", throttled_since=job.throttled_since)
         raise TryLater(seconds, job.pk)
     if job.retries >= MAX_RETRIES:
@@ -377,6 +402,7 @@ def store_results(generation: Generation) -> list[str]:
             problems.append(f"Image {index + 1} could not be saved because of a fault inside the studio.")
             continue
         durably(partial(save_rows, generation, stored))
+        generation.save_progress(lease_until=timezone.now() + lease())  # still ours, for a while more
         log_step(generation, "stored", image=index)
     if passing:
         raise storage.StorageError(passing)

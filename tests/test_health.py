@@ -98,3 +98,27 @@ def test_compose_lets_the_longest_call_finish_before_it_kills_a_worker():
 def test_compose_checks_the_health_of_each_studio_service(service):
     check = " ".join(compose()["services"][service]["healthcheck"]["test"])
     assert "healthz" in check
+
+
+def test_a_storage_that_never_answers_is_down_within_seconds(client, db, settings):
+    # given a storage endpoint that accepts connections and then says nothing (packets dropped)
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        working = settings.STORAGES
+        endpoint = {"OPTIONS": {"endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}"}}
+        settings.STORAGES = working | {"default": working["default"] | endpoint}
+
+        # when compose asks
+        started = time.monotonic()
+        response = client.get("/healthz")
+
+        # then storage is down, said within a few seconds rather than botocore's minute
+        assert time.monotonic() - started < 5
+        assert response.status_code == 503 and response.json()["down"] == ["storage"]
+    finally:
+        silent.close()

@@ -447,3 +447,96 @@ def test_redis_restarted_empty_mid_batch_lets_no_more_than_the_limit_through(
     assert [job.status for job in jobs] == [Generation.Status.SUCCEEDED] * 12, [job.error_message for job in jobs]
     assert len(calls) == 12
     assert limits.in_flight() == 0
+
+
+# --- what review found -------------------------------------------------------------------------
+
+
+def test_a_slot_gone_while_its_call_goes_on_is_put_back_so_no_new_call_takes_its_place(limits_ready, settings):
+    # given a studio limit of 1, and a held slot that Redis lost track of while Redis kept its epoch
+    # (away past the lease, or an AOF that lost the last writes)
+    settings.QWEN_MAX_CONCURRENT = 1
+    model = spec("held-through-an-outage")
+    token = limits.acquire(model)
+    limits.client().zrem(limits.ALL_MODELS, token)
+
+    # when its holder renews
+    assert limits.renew(model, token) == 0  # it had to be put back
+
+    # then the call under way is counted again, and a new call must wait
+    assert limits.in_flight() == 1
+    with pytest.raises(limits.Busy):
+        limits.acquire(model)
+
+
+def test_only_a_few_turns_wait_in_line_for_one_model_the_rest_are_sent_away_at_once(limits_ready, settings):
+    # given a model whose one slot is taken, and a line with room for two waiters
+    settings.QWEN_MAX_CONCURRENT = 1
+    model = spec("long-line")
+    token = limits.acquire(model)
+    limits.client().zadd(limits.WAITERS.format(model.name), {"w1": time.time() + 60, "w2": time.time() + 60})
+
+    # when a third turn asks for a slot
+    started = time.monotonic()
+    with pytest.raises(limits.Busy) as busy:
+        with limits.slot(model, wait=5):
+            pass
+
+    # then it is sent away at once rather than holding a worker's thread for the wait
+    assert time.monotonic() - started < 0.5 and busy.value.seconds == 0
+    limits.release(model, token)
+
+
+def test_a_turn_that_made_no_call_uses_none_of_the_minutes_calls(limits_ready):
+    # given a model allowed 1 call a minute, whose slot was taken by a turn that found no job left
+    model = spec("one-a-minute", per_minute=1)
+    token = limits.acquire(model)
+    limits.unstart(model, token)
+    limits.release(model, token)
+
+    # then the next turn may still call
+    limits.release(model, limits.acquire(model))
+
+
+def test_a_stale_turn_cannot_write_over_the_turn_that_took_its_job(db, alice):
+    # given a job taken by one turn, then taken back by another after the first outlived its lease
+    make_generation(alice, prompt="outlived its lease")
+    stale = Generation.objects.take_next("wan2.2-t2i-flash", pipeline.lease())
+    Generation.objects.filter(pk=stale.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    fresh = Generation.objects.get(pk=stale.pk)
+    assert fresh.claim(pipeline.lease())
+
+    # when the stale turn tries to put the job back in the queue
+    with pytest.raises(Generation.LostHold):
+        stale.requeue()
+
+    # then the job stays with the turn that holds it
+    fresh.refresh_from_db()
+    assert fresh.status == Generation.Status.RUNNING and fresh.holder != stale.holder
+
+
+def test_a_job_ending_with_a_call_unconfirmed_counts_it_as_maybe_billed(db, alice):
+    # given a queued job whose last call timed out (so may have been billed), then canceled
+    job = make_generation(alice, prompt="timed out, then canceled", call_in_flight=0, unconfirmed_calls=0)
+
+    # when its maker cancels it
+    assert job.cancel()
+
+    # then the card can say a call may have been billed
+    assert job.unconfirmed_calls == 1 and job.call_in_flight is None
+
+
+def test_a_worker_shutting_down_starts_no_new_call(transactional_db, alice, sim):
+    # given a worker that has begun a warm shutdown, and a queued job
+    job = make_generation(alice, prompt="queued during a shutdown")
+    pipeline.STOPPING.set()
+    try:
+        # when a message for it runs
+        with pytest.raises(pipeline.TryLater):
+            pipeline.run(str(job.pk))
+    finally:
+        pipeline.STOPPING.clear()
+
+    # then no call was made and the job still waits for its turn
+    job.refresh_from_db()
+    assert job.status == Generation.Status.QUEUED and generation_calls(sim, job) == []

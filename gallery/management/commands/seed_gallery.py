@@ -142,11 +142,11 @@ class Command(BaseCommand):
     def copy_generations(self, cursor, rows) -> None:
         columns = ("id, owner_id, prompt, negative_prompt, model, width, height, n, seed, created, finished_at, "
                    "started_at, status, status_detail, error_code, error_message, answers, attempts, "
-                   "unconfirmed_calls, retries, api_seconds, prompt_extend, watermark, updated")
+                   "unconfirmed_calls, retries, waits, api_seconds, prompt_extend, watermark, updated")
         with cursor.copy(f"COPY gallery_generation ({columns}) FROM STDIN") as copy:
             for (gid, owner, prompt, negative, model, width, height, n, seed, created, finished) in rows:
                 copy.write_row((gid, owner, prompt, negative, model, width, height, n, seed, created, finished,
-                                created, "succeeded", "", "", "", "[]", 1, 0, 0,
+                                created, "succeeded", "", "", "", "[]", 1, 0, 0, 0,
                                 (finished - created).total_seconds(), True, False, finished))
 
     def copy_images(self, cursor, rows) -> None:
