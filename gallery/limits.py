@@ -134,6 +134,10 @@ class Busy(Exception):
         self.seconds = seconds
 
 
+class LineFull(Busy):
+    """No slot, and enough turns already wait in line for the model's next one."""
+
+
 _clients: dict[str, redis.Redis] = {}
 
 
@@ -260,7 +264,7 @@ def _wait_for_slot(spec: ModelSpec, wait: float) -> str:
     line = WAITERS.format(spec.name)
     room = max(2, min(spec.max_in_flight or settings.QWEN_MAX_CONCURRENT, settings.QWEN_MAX_CONCURRENT))
     if not int(client().eval(_JOIN_LINE, 1, line, room, wait + 5, me)):
-        raise Busy(0)
+        raise LineFull(0)
     try:
         deadline = time.monotonic() + wait
         while True:

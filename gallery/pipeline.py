@@ -147,8 +147,11 @@ def _one_turn(model: str) -> Generation | None:
             with handling(job):
                 call(job, spec, token)
     except limits.Busy as busy:
-        # The jobs stay queued; this message looks again when a slot may be free.
-        seconds = max(busy.seconds, random.uniform(0.5, 1.5))
+        # The jobs stay queued; this message looks again when a slot may be free, or, when others
+        # already wait in line for it, a while later (they take the next slots; the database still
+        # picks the fairest job for each).
+        seconds = random.uniform(2, 6) if isinstance(busy, limits.LineFull) else max(busy.seconds,
+                                                                                     random.uniform(0.5, 1.5))
         limits.note_turn(model, seconds)
         raise TryLater(seconds) from None
     except redis.RedisError as error:
