@@ -40,6 +40,14 @@ WAITERS = PREFIX + "waiters:{}"
 ALL_MODELS = PREFIX + "in-flight"
 WINDOW = 60.0  # seconds in a "calls per minute"
 POLL = 0.1  # seconds between tries while only a slot is missing
+TURN = PREFIX + "turn:{}"
+LAST_SWEEP = PREFIX + "last-sweep"
+
+# Every script reads the time from Redis, never from the worker.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
 
 # KEYS: epoch, in flight (all), in flight (model), starts (model), pause (model), asking
 # ARGV: studio limit, model limit (0: none), per minute (0: none), lease, token, the wait
@@ -47,9 +55,7 @@ POLL = 0.1  # seconds between tries while only a slot is missing
 # Returns "" when the slot is taken, else the seconds to wait (0 when unknown: poll), or
 # "fresh" when Redis holds no epoch, i.e. it has lost or never had the slot sets; while
 # that worker asks the database (`asking`), everyone else polls.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_ACQUIRE = _NOW + """
 local lease = tonumber(ARGV[4])
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -81,25 +87,21 @@ redis.call('ZADD', KEYS[4], now, ARGV[5])
 return ''
 """
 
-# KEYS: epoch, in flight (all), in flight (model); ARGV: lease, token
+# KEYS: in flight (all), in flight (model); ARGV: lease, token
 # Renews a held slot, putting it back if it is gone (Redis lost it, or was away past its
 # lease): a call under way is counted whatever happened, so no new call can take its place.
 # Returns 0 when it had to be put back.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_RENEW = _NOW + """
 local until_ = now + tonumber(ARGV[1])
-local held = redis.call('ZSCORE', KEYS[2], ARGV[2])
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[1], until_, ARGV[2])
 redis.call('ZADD', KEYS[2], until_, ARGV[2])
-redis.call('ZADD', KEYS[3], until_, ARGV[2])
 if held then return 1 end
 return 0
 """
 
 # KEYS: the model's waiters; ARGV: room, seconds, waiter. 1 when it joined the line, 0 when full.
-_JOIN_LINE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_JOIN_LINE = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
@@ -107,16 +109,13 @@ return 1
 """
 
 # KEYS: in flight; counts the unexpired slots.
-_COUNT = """
-local t = redis.call('TIME')
-return redis.call('ZCOUNT', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, '+inf')
+_COUNT = _NOW + """
+return redis.call('ZCOUNT', KEYS[1], now, '+inf')
 """
 
 # KEYS: a key holding a Redis time; ARGV: seconds from now. Sets it to now + seconds,
 # never earlier than it was unless ARGV[2] is "force".
-_PUSH_BACK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_PUSH_BACK = _NOW + """
 local wanted = now + tonumber(ARGV[1])
 local current = redis.call('GET', KEYS[1])
 if ARGV[2] == 'force' or not current or tonumber(current) < wanted then
@@ -150,8 +149,16 @@ def client() -> redis.Redis:
     return _clients[url]
 
 
-def _keys(model: str) -> tuple[str, str, str, str]:
-    return (f"{PREFIX}in-flight:{model}", f"{PREFIX}starts:{model}", f"{PREFIX}pause:{model}", model)
+def _in_flight_key(model: str) -> str:
+    return f"{PREFIX}in-flight:{model}"
+
+
+def _starts_key(model: str) -> str:
+    return f"{PREFIX}starts:{model}"
+
+
+def _pause_key(model: str) -> str:
+    return f"{PREFIX}pause:{model}"
 
 
 def lease_seconds() -> float:
@@ -176,12 +183,11 @@ def recovery_seconds() -> tuple[float, dict[str, float]]:
     return wait, {row["model"]: (row["last"] - now).total_seconds() + WINDOW + 1 for row in last_calls}
 
 
-def acquire(spec: ModelSpec) -> str | None:
+def acquire(spec: ModelSpec) -> str:
     """Take a slot for one call of the model, or raise Busy. Returns the slot's token."""
     redis_ = client()
-    in_flight, starts, pause, _ = _keys(spec.name)
     token = uuid.uuid4().hex
-    keys = [EPOCH, ALL_MODELS, in_flight, starts, pause, ASKING]
+    keys = [EPOCH, ALL_MODELS, _in_flight_key(spec.name), _starts_key(spec.name), _pause_key(spec.name), ASKING]
     args = [settings.QWEN_MAX_CONCURRENT, spec.max_in_flight or 0, spec.per_minute or 0, lease_seconds(), token,
             # The wait if the worker that found Redis empty dies before asking the database.
             max(lease_seconds(), WINDOW + 1)]
@@ -190,7 +196,7 @@ def acquire(spec: ModelSpec) -> str | None:
         wait, per_model = recovery_seconds()
         logger.warning("provider limits: Redis held no slots (restarted or new); calls wait %.0fs", wait)
         for model, seconds in per_model.items():
-            redis_.eval(_PUSH_BACK, 1, _keys(model)[2], seconds, "")
+            _pause(model, seconds)
         redis_.eval(_PUSH_BACK, 1, EPOCH, wait, "force")
         redis_.delete(ASKING)
         raise Busy(0)
@@ -201,20 +207,19 @@ def acquire(spec: ModelSpec) -> str | None:
 
 def release(spec: ModelSpec, token: str) -> None:
     try:
-        client().pipeline().zrem(ALL_MODELS, token).zrem(_keys(spec.name)[0], token).execute()
+        client().pipeline().zrem(ALL_MODELS, token).zrem(_in_flight_key(spec.name), token).execute()
     except redis.RedisError:
         pass  # the lease runs out by itself
 
 
 def renew(spec: ModelSpec, token: str) -> int:
-    keys = [EPOCH, ALL_MODELS, _keys(spec.name)[0]]
-    return int(client().eval(_RENEW, len(keys), *keys, lease_seconds(), token))
+    return int(client().eval(_RENEW, 2, ALL_MODELS, _in_flight_key(spec.name), lease_seconds(), token))
 
 
 def unstart(spec: ModelSpec, token: str) -> None:
     """The slot was taken but no call made: it counts against no minute."""
     try:
-        client().zrem(_keys(spec.name)[1], token)
+        client().zrem(_starts_key(spec.name), token)
     except redis.RedisError:
         pass
 
@@ -225,12 +230,16 @@ def holds(spec: ModelSpec, token: str) -> bool:
 
 def pause(spec: ModelSpec, seconds: float) -> None:
     """Start no call of the model for `seconds` (a 429's Retry-After), on every worker."""
-    client().eval(_PUSH_BACK, 1, _keys(spec.name)[2], seconds, "")
+    _pause(spec.name, seconds)
+
+
+def _pause(model: str, seconds: float) -> None:
+    client().eval(_PUSH_BACK, 1, _pause_key(model), seconds, "")
 
 
 def in_flight(model: str | None = None) -> int:
     """Calls holding a slot now, for one model or for the studio."""
-    return int(client().eval(_COUNT, 1, ALL_MODELS if model is None else _keys(model)[0]))
+    return int(client().eval(_COUNT, 1, ALL_MODELS if model is None else _in_flight_key(model)))
 
 
 @contextmanager
@@ -289,9 +298,6 @@ def _keep(spec: ModelSpec, token: str, stop: threading.Event) -> None:
         except redis.RedisError as error:
             logger.warning("provider limits: could not renew a slot of %s: %s", spec.name, type(error).__name__)
 
-
-TURN = PREFIX + "turn:{}"
-LAST_SWEEP = PREFIX + "last-sweep"
 
 
 def note_turn(model: str, quiet_for: float) -> None:

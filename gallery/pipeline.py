@@ -317,7 +317,7 @@ def count_unconfirmed_call(generation: Generation) -> None:
 
 
 def handle_api_error(job: Generation, error: ApiError) -> None:
-    logger.info("generation %s: %s (%s)", job.pk, error.code, error.kind)
+    log_step(job, "api-error", code=error.code, kind=error.kind)
     if error.kind is ErrorKind.PERMANENT:
         if not job.answers:
             job.finish(Generation.Status.FAILED, error.code, error.designer_message)

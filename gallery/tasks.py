@@ -23,7 +23,7 @@ def run_generation(self, generation_id: str, holder: str | None = None) -> None:
         raise self.retry(args=[str(later.generation_id or generation_id), holder],
                          countdown=later.seconds + 0.5) from None
     except (OperationalError, InterfaceError) as error:
-        logger.warning("generation %s: database unavailable (%s)", generation_id, type(error).__name__)
+        logger.warning("job=%s step=database-error error=%s", generation_id, type(error).__name__)
         raise self.retry(countdown=pipeline.backoff(3)) from None
 
 
