@@ -4,11 +4,14 @@ PYTHON_VERSION := $(shell cat .python-version)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PGSTART := pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start
+PG_ETC := /etc/postgresql
+PG_PORT := 5432
+REDIS_PORT := 6379
+PGSTART := pg_ctlcluster --skip-systemctl-redirect $$(ls $(PG_ETC) | head -1) main start
 # The studio fails closed (no debug, no built-in secret key); development and tests ask for debug.
 DJANGO_DEBUG ?= true
 export DJANGO_DEBUG
-REDISSTART := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+REDISSTART := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port $(REDIS_PORT) --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
 .PHONY: run test services db chromium clean bench
 
@@ -22,20 +25,45 @@ $(STAMP): $(PY) requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-# PostgreSQL and Redis are the machine's own; start them only when they don't answer.
+# PostgreSQL and Redis are the machine's own: started when installed but stopped, installed with apt
+# on Debian or Ubuntu when missing (and then let in over loopback without a password, as
+# DATABASE_URL's default expects), and elsewhere asked for in one line. Ports are probed with
+# bash's /dev/tcp, so that no client tool is needed before they exist.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+answers = (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null
 services:
-	@pg_isready -q -h 127.0.0.1 -p 5432 || { echo "Starting PostgreSQL"; $(PGSTART); }
-	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
-	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || { echo "Starting Redis"; $(REDISSTART); }
-	@for i in $$(seq 30); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 1; done
+	@if ! $(call answers,$(PG_PORT)); then \
+	  if ! ls $(PG_ETC)/*/main >/dev/null 2>&1; then \
+	    command -v apt-get >/dev/null || { echo "PostgreSQL is needed on 127.0.0.1:$(PG_PORT): install PostgreSQL 15 or newer and start it"; exit 1; }; \
+	    echo "Installing PostgreSQL with apt"; \
+	    $(APT) update -qq && $(APT) install -y -qq postgresql >/dev/null && \
+	    hba=$$(ls $(PG_ETC)/*/main/pg_hba.conf | head -1) && \
+	    $(SUDO) sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$$hba" || exit 1; \
+	    ! $(call answers,$(PG_PORT)) || $(SUDO) $(PGSTART:start=reload); \
+	  fi; \
+	  $(call answers,$(PG_PORT)) || { echo "Starting PostgreSQL"; $(SUDO) $(PGSTART) || exit 1; }; \
+	  for i in $$(seq 30); do $(call answers,$(PG_PORT)) && break; sleep 1; done; \
+	fi
+	@if ! $(call answers,$(REDIS_PORT)); then \
+	  if ! command -v redis-server >/dev/null; then \
+	    command -v apt-get >/dev/null || { echo "Redis is needed on 127.0.0.1:$(REDIS_PORT): install Redis 7 or newer and start it"; exit 1; }; \
+	    echo "Installing Redis with apt"; \
+	    $(APT) update -qq && $(APT) install -y -qq redis-server >/dev/null || exit 1; \
+	  fi; \
+	  $(call answers,$(REDIS_PORT)) || { echo "Starting Redis"; $(SUDO) $(REDISSTART) || exit 1; }; \
+	  for i in $$(seq 30); do $(call answers,$(REDIS_PORT)) && break; sleep 1; done; \
+	fi
 
 db: $(STAMP) services
 	$(PY) manage.py ensure_database
 	$(PY) manage.py migrate --no-input
 
 chromium:
-	@test -x /usr/bin/chromium || { echo "Installing Debian's chromium"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+	  command -v apt-get >/dev/null || { echo "Chromium is needed at /usr/bin/chromium (or set CHROMIUM): install it"; exit 1; }; \
+	  echo "Installing Debian's chromium"; \
+	  $(APT) update -qq && $(APT) install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
 run: db
 	@mkdir -p var
