@@ -4,11 +4,12 @@ Keys are deterministic (`generations/<uuid>/<index>.png`), so writing one twice
 overwrites rather than duplicates: a repeated task is harmless.
 """
 
+import functools
 from collections.abc import Iterator
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.files.storage import FileSystemStorage, default_storage
+from django.core.files.storage import FileSystemStorage, Storage, default_storage, storages
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect
 
 CONTENT_TYPES = {".png": "image/png", ".webp": "image/webp"}
@@ -58,6 +59,27 @@ def delete(keys: list[str]) -> None:
         raise StorageError(f"could not delete {key}: {type(error).__name__}") from error
 
 
+def _for_browsers() -> Storage:
+    """The storage that makes URLs for browsers: signed for AWS_S3_PUBLIC_URL when that is set.
+
+    Web and workers reach S3 at an internal address, and SigV4 signs the Host header, so a URL signed
+    for that address can't be rewritten to the public one afterwards: it is signed for the public one.
+    """
+    if _is_local() or not settings.AWS_S3_PUBLIC_URL:
+        return default_storage
+    return _signing_copy(storages["default"], settings.AWS_S3_PUBLIC_URL)
+
+
+@functools.lru_cache(maxsize=4)
+def _signing_copy(storage: Storage, endpoint_url: str) -> Storage:
+    """The same storage, options and keys aimed at another address; signing a URL makes no request.
+
+    Kept, since a new copy builds its boto3 session again, and a gallery page asks for dozens of URLs.
+    """
+    _, args, options = storage.deconstruct()
+    return storage.__class__(*args, **(options | {"endpoint_url": endpoint_url}))
+
+
 def serve(key: str, *, expires: int | None = None) -> HttpResponse:
     """A response that gets the browser the file: a short-lived signed URL, or the bytes.
 
@@ -68,7 +90,7 @@ def serve(key: str, *, expires: int | None = None) -> HttpResponse:
         response = FileResponse(default_storage.open(key, "rb"), content_type=CONTENT_TYPES.get(key[key.rfind("."):]))
         response["Cache-Control"] = "no-store" if expires else "private, max-age=86400, immutable"
         return response
-    response = HttpResponseRedirect(default_storage.url(key, expire=expires))
+    response = HttpResponseRedirect(_for_browsers().url(key, expire=expires))
     # The signed URL stays valid longer than this, so the browser may reuse the redirect.
     response["Cache-Control"] = ("no-store" if expires
                                  else f"private, max-age={max(settings.AWS_QUERYSTRING_EXPIRE // 2, 30)}")

@@ -163,6 +163,32 @@ AWS_QUERYSTRING_AUTH = True
 AWS_QUERYSTRING_EXPIRE = envint("AWS_QUERYSTRING_EXPIRE", 600, minimum=60)
 AWS_S3_FILE_OVERWRITE = True
 AWS_S3_SIGNATURE_VERSION = "s3v4"
+# MinIO (and a proxy in front of it) serves every bucket under one host name, so a custom endpoint is
+# reached by path; Aliyun OSS refuses paths and needs "virtual".
+AWS_S3_ADDRESSING_STYLE = envstr("AWS_S3_ADDRESSING_STYLE", "path" if AWS_S3_ENDPOINT_URL else "auto")
+if AWS_S3_ADDRESSING_STYLE not in {"path", "virtual", "auto"}:
+    raise ImproperlyConfigured(
+        f"AWS_S3_ADDRESSING_STYLE must be path, virtual or auto, not {AWS_S3_ADDRESSING_STYLE!r}")
+# Where browsers reach storage when web and workers use an internal address (http://minio:9000): signed
+# URLs are made for this origin, since SigV4 signs the Host header and a rewritten URL would be refused.
+AWS_S3_PUBLIC_URL = envstr("AWS_S3_PUBLIC_URL").removesuffix("/")
+
+
+def _is_origin(url: str) -> bool:
+    """scheme://host[:port] and nothing more: a path would be part of what S3 signs."""
+    try:
+        parts = urlsplit(url)
+        return (parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.username is None
+                and parts.port != 0 and not (parts.path or parts.query or parts.fragment))
+    except ValueError:  # a port that is not a number
+        return False
+
+
+if AWS_S3_PUBLIC_URL and not _is_origin(AWS_S3_PUBLIC_URL):
+    # The value is not echoed: a pasted URL may hold credentials.
+    raise ImproperlyConfigured("AWS_S3_PUBLIC_URL must be an origin such as https://files.studio.example "
+                               "(scheme, host and port: no path)")
+
 MEDIA_ROOT = BASE_DIR / "var" / "media"
 
 if AWS_STORAGE_BUCKET_NAME:
@@ -287,8 +313,8 @@ LOGGING = {
 def _storage_origins() -> list[str]:
     if not AWS_STORAGE_BUCKET_NAME:
         return []
-    if AWS_S3_ENDPOINT_URL:
-        parts = urlsplit(AWS_S3_ENDPOINT_URL)
+    if AWS_S3_PUBLIC_URL or AWS_S3_ENDPOINT_URL:
+        parts = urlsplit(AWS_S3_PUBLIC_URL or AWS_S3_ENDPOINT_URL)
         return [f"{parts.scheme}://{parts.netloc}", f"{parts.scheme}://*.{parts.netloc}"]
     return ["https://*.amazonaws.com"]
 
