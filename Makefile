@@ -13,7 +13,7 @@ DJANGO_DEBUG ?= true
 export DJANGO_DEBUG
 REDISSTART := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port $(REDIS_PORT) --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
-.PHONY: run test services db chromium clean bench
+.PHONY: run test services db test-tools clean bench
 
 $(PY):
 	@py=$$(command -v python$(PYTHON_VERSION) || pyenv which python$(PYTHON_VERSION) 2>/dev/null || ls $$HOME/.pyenv/versions/$(PYTHON_VERSION)*/bin/python3 2>/dev/null | tail -1); \
@@ -59,17 +59,19 @@ db: $(STAMP) services
 	$(PY) manage.py ensure_database
 	$(PY) manage.py migrate --no-input
 
-chromium:
-	@test -x /usr/bin/chromium || { \
-	  command -v apt-get >/dev/null || { echo "Chromium is needed at /usr/bin/chromium (or set CHROMIUM): install it"; exit 1; }; \
-	  echo "Installing Debian's chromium"; \
-	  $(APT) update -qq && $(APT) install -y -qq chromium fonts-noto-cjk >/dev/null; }
+# What the tests use beyond Python: Debian's Chromium (with CJK fonts) for the browser tests, and GNU
+# gettext's xgettext and msgfmt for the translation tests.
+test-tools:
+	@test -x /usr/bin/chromium && command -v msgfmt >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "Chromium (/usr/bin/chromium) and GNU gettext are needed: install them"; exit 1; }; \
+	  echo "Installing Debian's chromium and gettext"; \
+	  $(APT) update -qq && $(APT) install -y -qq chromium fonts-noto-cjk gettext >/dev/null; }
 
 run: db
 	@mkdir -p var
 	$(VENV)/bin/honcho -f Procfile start web worker beat $(if $(QWEN_API_KEY),,apisim)
 
-test: $(STAMP) services chromium
+test: $(STAMP) services test-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
