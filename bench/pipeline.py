@@ -1,10 +1,13 @@
 """Per-image time the worker spends outside the API call, beside Pillow's floor.
 
-Run from the project root: .venv/bin/python bench/pipeline.py [--images 30] [--storage s3|local]
+Run from the project root:
+    .venv/bin/python bench/pipeline.py [--images 30] [--storage s3|local] [--latency MS]
 
 Starts apisim and (for s3) moto's S3 server on free loopback ports, makes each API call
 untimed, then times pipeline.store_results + pipeline.finish for one 1328×1328 image.
-The floor is pipeline.make_renditions on the same PNG bytes with storage writes stubbed out.
+`--latency` adds that many milliseconds to every S3 request before it is sent, as a storage
+across a real network would. The floor is Pillow alone on the same PNG bytes, one step after
+the other: decode, convert, both WebP renditions.
 """
 
 import argparse
@@ -107,16 +110,32 @@ def setup_django(stack: ExitStack, storage_mode: str, workdir: Path) -> None:
 
 
 def floor_ms(png: bytes) -> float:
-    """Pillow alone: decode the PNG and make both WebP renditions exactly as the pipeline does."""
+    """Pillow alone, in one thread: decode the PNG and make both WebP renditions with the
+    pipeline's settings (largest first, each scaled from the one above)."""
     import PIL.Image
 
-    from gallery import pipeline
+    from gallery.pipeline import RENDITION_EDGES
 
-    with mock.patch("gallery.storage.put"):
-        started = time.perf_counter()
-        with PIL.Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
-            pipeline.make_renditions("bench", 0, picture, [])
-        return (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    with PIL.Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
+        picture = picture.convert("RGB")
+        for edge in sorted(RENDITION_EDGES.values(), reverse=True):
+            picture.thumbnail((edge, edge), PIL.Image.Resampling.LANCZOS, reducing_gap=2.0)
+            picture.save(io.BytesIO(), "WEBP", quality=82, method=4)
+    return (time.perf_counter() - started) * 1000
+
+
+def add_latency(stack: ExitStack, milliseconds: float) -> None:
+    """Every request to S3 waits `milliseconds` before it is sent (botocore's one send path)."""
+    from botocore.endpoint import Endpoint
+
+    send = Endpoint._send
+
+    def slow_send(self, request):
+        time.sleep(milliseconds / 1000)
+        return send(self, request)
+
+    stack.enter_context(mock.patch.object(Endpoint, "_send", slow_send))
 
 
 def run_one(owner, number: int) -> tuple[float, float, int]:
@@ -135,7 +154,7 @@ def run_one(owner, number: int) -> tuple[float, float, int]:
     pipeline.finish(generation, problems)
     overhead = (time.perf_counter() - started) * 1000
     if generation.status != Generation.Status.SUCCEEDED:
-        raise RuntimeError(f"image {number}: {generation.status} {generation.error_message}")
+        raise RuntimeError(f"image {number}: {generation.status} {generation.error_text}")
     png = storage.read(generation.images.get().file)
     return overhead, floor_ms(png), len(png)
 
@@ -162,14 +181,15 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, Pillow {PIL.__version__}"
 
 
-def report(storage_mode: str, samples: list[tuple[float, float, int]]) -> None:
+def report(storage_mode: str, latency: float, samples: list[tuple[float, float, int]]) -> None:
     overhead = [s[0] for s in samples]
     floor = [s[1] for s in samples]
     p90 = statistics.quantiles(overhead, n=10, method="inclusive")[-1] if len(overhead) > 1 else overhead[0]
     ratio = statistics.median(overhead) / statistics.median(floor)
     print(f"date     {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"machine  {machine()}")
-    print(f"storage  {storage_mode}, {SIZE}×{SIZE}, n=1 per generation, {WARMUP} warm-up images untimed\n")
+    added = f", {latency:g} ms added to each S3 request" if storage_mode == "s3" else ""
+    print(f"storage  {storage_mode}{added}, {SIZE}×{SIZE}, n=1 per generation, {WARMUP} warm-up images untimed\n")
     print(f"{'images':>6}  {'PNG bytes':>10}  {'ours med ms':>11}  {'ours p90 ms':>11}  "
           f"{'floor med ms':>12}  {'ratio':>5}")
     print(f"{len(samples):>6}  {statistics.median(s[2] for s in samples):>10.0f}  "
@@ -186,19 +206,24 @@ def bench(stack: ExitStack, args: argparse.Namespace, workdir: Path) -> None:
 
     owner, _ = User.objects.get_or_create(username="bench-pipeline")
     stack.callback(cleanup, owner)
+    if args.storage == "s3" and args.latency:
+        add_latency(stack, args.latency)
     for number in range(WARMUP):
         run_one(owner, number)
     samples = [run_one(owner, WARMUP + number) for number in range(args.images)]
-    report(args.storage, samples)
+    report(args.storage, args.latency, samples)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--storage", choices=["s3", "local"], default="s3")
+    parser.add_argument("--latency", type=float, default=0.0, help="milliseconds added to each S3 request")
     args = parser.parse_args()
     if args.images < 1:
         parser.error("--images must be at least 1")
+    if args.latency < 0 or (args.latency and args.storage != "s3"):
+        parser.error("--latency is a number of milliseconds >= 0, for --storage s3")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind the ExitStack on kill too
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:

@@ -21,7 +21,8 @@ from datetime import datetime, time, timedelta
 
 from django.contrib.postgres.search import SearchRank
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import F, FloatField, Q
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from gallery.models import Image, ImageQuerySet
@@ -84,7 +85,7 @@ def filtered(user, filters: dict) -> ImageQuerySet:
 
 def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
     images = filtered(user, filters)
-    if not query.is_empty and filters.get("sort") != "newest":
+    if _by_relevance(filters, query):
         return _relevant(images, query, cursor)
     if cursor:
         images = images.before(cursor.created, cursor.id)
@@ -115,18 +116,54 @@ def matching_ids(images, query: Query, limit: int, enough: int | None = None) ->
         return [row[0] for row in cursor.fetchall()]
 
 
+def neighbours(user, filters: dict, query: Query, image: Image) -> tuple[Image | None, Image | None]:
+    """The images just before and after `image` in the gallery's order for these filters and search: the
+    Previous and Next of its page. Newest first, or best first when the gallery ranks the search."""
+    images = filtered(user, filters)
+    if _by_relevance(filters, query):
+        ranked = _ranked(images, query)
+        rank = ranked.filter(pk=image.pk).values_list("rank", flat=True).first()
+        if rank is not None:
+            here = Cursor(image.created, image.pk, rank)
+            return (ranked.filter(_better(here)).order_by("rank", "created", "id").only("id").first(),
+                    ranked.filter(_worse(here)).only("id").first())
+        # Not among the ranked matches (opened from elsewhere): step through the matches by date.
+    if not query.is_empty:
+        images = images.filter(search=query.tsquery())
+    return (images.after(image.created, image.pk).order_by("created", "id").only("id").first(),
+            images.before(image.created, image.pk).newest_first().only("id").first())
+
+
+def _by_relevance(filters: dict, query: Query) -> bool:
+    return not query.is_empty and filters.get("sort") != "newest"
+
+
 def _relevant(images, query: Query, cursor: Cursor | None) -> Page:
-    candidates = matching_ids(images, query, CANDIDATES, enough=PAGE_SIZE + 1)
-    ranked = (Image.objects.filter(id__in=candidates)
-              .annotate(rank=SearchRank(F("search"), query.rank_tsquery()))
-              .order_by("-rank", "-created", "-id"))
+    ranked = _ranked(images, query)
     if cursor and cursor.rank is not None:
-        ranked = ranked.filter(
-            Q(rank__lt=cursor.rank)
-            | Q(rank=cursor.rank, created__lt=cursor.created)
-            | Q(rank=cursor.rank, created=cursor.created, id__lt=cursor.id)
-        )
+        ranked = ranked.filter(_worse(cursor))
     return _page(list(_for_tiles(ranked)[: PAGE_SIZE + 1]))
+
+
+def _ranked(images, query: Query) -> ImageQuerySet:
+    """The newest matches, best first: the order of a search sorted by relevance."""
+    candidates = matching_ids(images, query, CANDIDATES, enough=PAGE_SIZE + 1)
+    # ts_rank is a float4, which comes back as its shortest decimal and so never equals itself again: in
+    # double precision a rank read from one query matches the same rank in the next (cursors, neighbours).
+    return (Image.objects.filter(id__in=candidates)
+            .annotate(rank=Cast(SearchRank(F("search"), query.rank_tsquery()), FloatField()))
+            .order_by("-rank", "-created", "-id"))
+
+
+def _worse(cursor: Cursor) -> Q:
+    """What comes after cursor in best-first order."""
+    return (Q(rank__lt=cursor.rank) | Q(rank=cursor.rank, created__lt=cursor.created)
+            | Q(rank=cursor.rank, created=cursor.created, id__lt=cursor.id))
+
+
+def _better(cursor: Cursor) -> Q:
+    return (Q(rank__gt=cursor.rank) | Q(rank=cursor.rank, created__gt=cursor.created)
+            | Q(rank=cursor.rank, created=cursor.created, id__gt=cursor.id))
 
 
 def _page(found: list[Image]) -> Page:

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import cache
+from math import isqrt
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.formats import number_format
+from django.utils.translation import gettext as _
 
 MAX_IMAGES = 4
 MAX_SEED = 2_147_483_647
@@ -80,26 +83,54 @@ class ModelSpec:
     per_minute: int | None = None
     notes: tuple[str, ...] = field(default=())
 
+    @property
+    def smallest_square(self) -> int:
+        """The side of the smallest square the area rule allows: a figure people can picture."""
+        return isqrt(self.min_pixels - 1) + 1
+
+    @property
+    def largest_square(self) -> int:
+        return isqrt(self.max_pixels)
+
+    @property
+    def tallest_shape(self) -> str:
+        """The area rule's narrowest width:height, as "1:4"."""
+        return f"{self.min_aspect.numerator}:{self.min_aspect.denominator}"
+
+    @property
+    def widest_shape(self) -> str:
+        return f"{self.max_aspect.numerator}:{self.max_aspect.denominator}"
+
+    def size_hint(self) -> str:
+        """The size rule in words for the form, in the active language, from this spec's own figures."""
+        if self.rule == "sides":
+            return _("%(model)s: each side %(low)d–%(high)d pixels.") % {
+                "model": self.label, "low": self.min_side, "high": self.max_side}
+        return _("%(model)s: %(low)s to %(high)s pixels in all (squares from %(small)d×%(small)d to "
+                 "%(large)d×%(large)d), shapes from %(tallest)s to %(widest)s.") % {
+            "model": self.label, "low": _grouped(self.min_pixels), "high": _grouped(self.max_pixels),
+            "small": self.smallest_square, "large": self.largest_square,
+            "tallest": self.tallest_shape, "widest": self.widest_shape}
+
     def size_error(self, size: Size) -> str | None:
-        """Why this model refuses the size, in words for the form; None when it is fine."""
+        """Why this model refuses the size, in words for the form (in the active language); None when it is fine."""
+        given = {"model": self.label, "width": size.width, "height": size.height}
         if self.rule == "sides":
             if not (self.min_side <= size.width <= self.max_side) or not (
                 self.min_side <= size.height <= self.max_side
             ):
-                return (
-                    f"{self.label} needs each side between {self.min_side} and "
-                    f"{self.max_side} pixels; {size.width}×{size.height} is outside."
-                )
+                return _("%(model)s needs each side between %(low)d and %(high)d pixels; "
+                         "%(width)d×%(height)d is outside.") % {**given, "low": self.min_side, "high": self.max_side}
             return None
         pixels = size.width * size.height
         if not self.min_pixels <= pixels <= self.max_pixels:
-            return (
-                f"{self.label} needs between {self.min_pixels:,} and {self.max_pixels:,} "
-                f"pixels in all (e.g. 1280×1280 to 1440×1440); "
-                f"{size.width}×{size.height} is {pixels:,}."
-            )
+            return _("%(model)s needs between %(low)s and %(high)s pixels in all (squares from %(small)d×%(small)d "
+                     "to %(large)d×%(large)d); %(width)d×%(height)d is %(pixels)s.") % {
+                **given, "low": _grouped(self.min_pixels), "high": _grouped(self.max_pixels),
+                "small": self.smallest_square, "large": self.largest_square, "pixels": _grouped(pixels)}
         if not self.min_aspect <= Fraction(size.width, size.height) <= self.max_aspect:
-            return f"{self.label} allows shapes from 1:4 to 4:1; {size.width}×{size.height} is not."
+            return _("%(model)s allows shapes from %(tallest)s to %(widest)s; %(width)d×%(height)d is not.") % {
+                **given, "tallest": self.tallest_shape, "widest": self.widest_shape}
         return None
 
     def calls_for(self, n: int) -> list[int]:
@@ -109,6 +140,11 @@ class ModelSpec:
     @property
     def default_size(self) -> Size:
         return self.presets[0]
+
+
+def _grouped(number: int) -> str:
+    """A large number as the reader's locale writes it (1,638,400 in English)."""
+    return number_format(number, force_grouping=True)
 
 
 def _sizes(*texts: str) -> tuple[Size, ...]:
@@ -167,9 +203,11 @@ def _apply(base: ModelSpec | None, name: str, entry: dict) -> ModelSpec:
             changes[key] = value
         elif key in {"min_aspect", "max_aspect"}:
             try:
-                changes[key] = Fraction(str(value))
-            except ValueError:
-                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} must be a number") from None
+                # A number, or a width:height such as "1:4".
+                changes[key] = Fraction(str(value).replace(":", "/"))
+            except (ValueError, ZeroDivisionError):
+                raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.{key} must be a number such as 0.25 "
+                                           'or a shape such as "1:4"') from None
         elif key == "presets":
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ImproperlyConfigured(f"QWEN_CATALOG_FILE: {name}.presets must be a list such as [\"1024*1024\"]")
@@ -194,6 +232,9 @@ def _check(spec: ModelSpec) -> None:
         raise ImproperlyConfigured(f"Catalog: {spec.name} has no size presets")
     if not 1 <= spec.per_call <= MAX_IMAGES:
         raise ImproperlyConfigured(f"Catalog: {spec.name} per_call must be 1 to {MAX_IMAGES}")
+    for low, high in (("min_side", "max_side"), ("min_pixels", "max_pixels"), ("min_aspect", "max_aspect")):
+        if not 0 < getattr(spec, low) <= getattr(spec, high):
+            raise ImproperlyConfigured(f"Catalog: {spec.name} needs 0 < {low} <= {high}")
     for size in spec.presets:
         if error := spec.size_error(size):
             raise ImproperlyConfigured(f"Catalog: preset {size} of {spec.name} breaks its own rule: {error}")

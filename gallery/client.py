@@ -31,6 +31,8 @@ import urllib3.exceptions
 import urllib3.util
 from django.conf import settings
 
+from gallery.messages import Message
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Sizes past this many pixels are refused from the PNG header, before any decoding.
 MAX_RESULT_PIXELS = 4096 * 4096
@@ -60,28 +62,29 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
     @property
-    def designer_message(self) -> str:
-        """What the job card says, in a designer's words."""
+    def designer_message(self) -> Message:
+        """What the job card says, in a designer's words (the provider's own words stay as it wrote them)."""
         if self.code == "DataInspectionFailed":
-            return ("The provider's content check rejected this prompt or the image it made. "
-                    "Try rewording the prompt.")
+            return Message("content_rejected")
         if self.code == "InvalidParameter":
-            return f"The provider refused these settings: {self.message}"
+            return Message("settings_refused", detail=self.message)
         if self.code == "Throttling.AllocationQuota":
-            return "The studio's image quota with the provider is used up. Please tell your administrator."
+            return Message("provider_quota_used_up")
         if self.code in ADMIN_CODES:
-            return (f"The studio's provider account has a problem ({self.code}). "
-                    "Please tell your administrator; nothing was generated.")
+            return Message("account_problem", code=self.code)
         if self.kind is ErrorKind.UNANSWERED:
-            return "The provider did not answer in time."
+            return Message("no_answer_in_time")
         if self.kind in {ErrorKind.THROTTLED, ErrorKind.TRANSIENT}:
-            return "The provider is busy or having trouble."
-        return f"The provider refused the request ({self.code}): {self.message}"
+            return Message("provider_busy")
+        return Message("request_refused", code=self.code, detail=self.message)
 
 
 class DownloadError(Exception):
-    def __init__(self, message: str, *, retryable: bool):
-        super().__init__(message)
+    """Why an image could not be fetched: `note` for the job card, str() in English for logs."""
+
+    def __init__(self, code: str, *, retryable: bool, **params):
+        self.note = Message(code, **params)
+        super().__init__(self.note.english)
         self.retryable = retryable
 
 
@@ -254,7 +257,7 @@ def _plain_host(host: str) -> bool:
 
 def _not_plain() -> DownloadError:
     # The URL itself is not repeated: a confusing one may carry a password or a signature.
-    return DownloadError("The image's address is not a plain web address.", retryable=False)
+    return DownloadError("address_not_plain", retryable=False)
 
 
 def allowlist_entry(target: Target, allowed: list[str]) -> str | None:
@@ -309,7 +312,7 @@ def _leads_to(ip: IPAddress) -> list[IPAddress]:
 
 def _check_address(target: Target, address: str, may_be_private: bool) -> None:
     if not address_allowed(address, may_be_private):
-        raise DownloadError(f"The image's address ({target.host}) leads to a private network.", retryable=False)
+        raise DownloadError("address_private", retryable=False, host=target.host)
 
 
 class _Guard:
@@ -341,13 +344,13 @@ class _Guard:
 
     def check_time(self) -> None:
         if self.expired or self.remaining() <= 0:
-            raise DownloadError("The image took too long to download.", retryable=True)
+            raise DownloadError("download_too_slow", retryable=True)
 
     def admit(self, host: str, port: int, sock: socket.socket) -> socket.socket:
         """sock, if it reached an address this download may use; called before a byte is sent."""
         try:
             if (host, port) != (self.target.host, self.target.port):
-                raise DownloadError(f"The image's address ({host}) is not on the allowed list.", retryable=False)
+                raise DownloadError("host_not_allowed", retryable=False, host=host)
             _check_address(self.target, sock.getpeername()[0], self.may_be_private)
             with self._lock:
                 self.check_time()
@@ -418,11 +421,10 @@ def _download_session(guard: _Guard) -> requests.Session:
 def check_png(data: bytes) -> tuple[int, int]:
     """Width and height from the PNG header; refuse anything else before it is decoded."""
     if not data.startswith(PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
-        raise DownloadError("The provider sent something that is not a PNG image.", retryable=False)
+        raise DownloadError("not_png", retryable=False)
     width, height = struct.unpack(">II", data[16:24])
     if not width or not height or width * height > MAX_RESULT_PIXELS:
-        raise DownloadError(f"The provider sent an image of an impossible size ({width}×{height}).",
-                            retryable=False)
+        raise DownloadError("impossible_size", retryable=False, width=width, height=height)
     return width, height
 
 
@@ -431,13 +433,13 @@ def fetch_result(result: Result) -> bytes:
     limit = settings.QWEN_DOWNLOAD_MAX_BYTES
     if result.b64_json:
         if len(result.b64_json) > limit * 4 // 3 + 4:
-            raise DownloadError("The provider sent an image over the size limit.", retryable=False)
+            raise DownloadError("too_large", retryable=False)
         try:
             data = base64.b64decode(result.b64_json, validate=True)
         except (binascii.Error, ValueError):
-            raise DownloadError("The provider sent an image that could not be read.", retryable=False) from None
+            raise DownloadError("unreadable", retryable=False) from None
         if len(data) > limit:
-            raise DownloadError("The provider sent an image over the size limit.", retryable=False)
+            raise DownloadError("too_large", retryable=False)
     else:
         data = _download(result.url, limit)
     check_png(data)
@@ -448,7 +450,7 @@ def _download(url: str, limit: int) -> bytes:
     target, request = parse_result_url(url)
     entry = allowlist_entry(target, settings.QWEN_DOWNLOAD_HOSTS)
     if entry is None:
-        raise DownloadError(f"The image's address ({target.host}) is not on the allowed list.", retryable=False)
+        raise DownloadError("host_not_allowed", retryable=False, host=target.host)
     # Only a host named exactly (apisim on 127.0.0.1) may be private; a wildcard may match anything.
     may_be_private = not _is_wildcard(entry)
     with _Guard(target, may_be_private, settings.QWEN_DOWNLOAD_SECONDS) as guard:
@@ -458,15 +460,14 @@ def _download(url: str, limit: int) -> bytes:
             return _fetch(request, guard, limit)
         except (OSError, urllib3.exceptions.HTTPError) as error:
             guard.check_time()
-            raise DownloadError(f"The image download was interrupted ({type(error).__name__}).",
-                                retryable=True) from None
+            raise DownloadError("download_interrupted", retryable=True, error=type(error).__name__) from None
 
 
 def _addresses(target: Target) -> list[str]:
     try:
         found = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise DownloadError(f"The image's host ({target.host}) could not be found.", retryable=True) from None
+        raise DownloadError("host_not_found", retryable=True, host=target.host) from None
     return [info[4][0] for info in found]
 
 
@@ -476,13 +477,13 @@ def _fetch(request: requests.PreparedRequest, guard: _Guard, limit: int) -> byte
     with (_download_session(guard) as session,
           session.send(request, stream=True, allow_redirects=False, proxies={}, timeout=timeout) as response):
         if response.status_code in {403, 404, 410}:
-            raise DownloadError("The image's link had expired before it could be saved.", retryable=False)
+            raise DownloadError("link_expired", retryable=False)
         if response.status_code != 200:
-            raise DownloadError(f"The image download failed ({response.status_code}).",
+            raise DownloadError("download_failed", status=response.status_code,
                                 retryable=response.status_code >= 500 or response.status_code == 429)
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise DownloadError("The provider sent an image over the size limit.", retryable=False)
+            raise DownloadError("too_large", retryable=False)
         return _read_body(response.raw, guard, limit)
 
 
@@ -493,8 +494,8 @@ def _read_body(raw: urllib3.BaseHTTPResponse, guard: _Guard, limit: int) -> byte
         guard.check_time()
         data += chunk
         if len(data) > limit:
-            raise DownloadError("The provider sent an image over the size limit.", retryable=False)
+            raise DownloadError("too_large", retryable=False)
         if not data.startswith(PNG_SIGNATURE[: len(data)]):
-            raise DownloadError("The provider sent something that is not a PNG image.", retryable=False)
+            raise DownloadError("not_png", retryable=False)
     guard.check_time()  # a socket shut at the deadline ends the body early, and looks like its end
     return bytes(data)

@@ -1,9 +1,16 @@
 import re
 import secrets
 from datetime import date
+from pathlib import Path
 
 from django import forms
+from django.conf import settings
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db import transaction
+from django.forms.renderers import DjangoTemplates as DjangoTemplatesRenderer
+from django.http import QueryDict
+from django.urls import reverse_lazy
+from django.utils.functional import cached_property
 from django.utils.timesince import timeuntil
 from django.utils.translation import gettext_lazy as _
 
@@ -21,6 +28,25 @@ INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u
 EARLIEST_DATE, LATEST_DATE = date(1900, 1, 1), date(9998, 12, 31)
 DATE_RANGE_ERROR = _("Choose a date between 1900 and 9998.")
 MAX_SELECTION = 500
+# A field inside its own label, for a row of filters.
+INLINE_FIELD = "django/forms/inline_field.html"
+
+
+class FormRenderer(DjangoTemplatesRenderer):
+    """Django's form renderer with the project's template folders in front of its own templates, so that
+    templates/django/forms/ shapes every field group (field.html) without a settings change."""
+
+    @cached_property
+    def engine(self):
+        builtin = Path(forms.__file__).parent / "templates"
+        return self.backend({"APP_DIRS": True, "DIRS": [*settings.TEMPLATES[0]["DIRS"], builtin],
+                             "NAME": "studioforms", "OPTIONS": {}})
+
+
+class StudioForm(forms.Form):
+    """A form shown on the studio's pages: its fields render through templates/django/forms/."""
+
+    default_renderer = FormRenderer()
 
 
 def plain_text(text: str) -> str:
@@ -57,29 +83,36 @@ def size_choices(model_name: str | None) -> list[tuple[str, str]]:
     return [*presets, (CUSTOM, _("Custom…"))]
 
 
-class GenerateForm(forms.Form):
+class GenerateForm(StudioForm):
     prompt = PlainTextField(
-        label=_("Prompt"), strip=True,
+        label=_("Prompt"), strip=True, template_name="django/forms/counted_field.html",
         widget=forms.Textarea(attrs={"rows": 5, "placeholder": _("一只小猫在草地上奔跑，电影感，自然光影"),
                                      "autofocus": True}),
         error_messages={"required": _("Write a prompt: it tells the model what to make.")},
     )
     negative_prompt = PlainTextField(
-        label=_("Negative prompt"), required=False, strip=True,
+        label=_("Negative prompt"), required=False, strip=True, template_name="django/forms/counted_field.html",
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": _("blurry, low quality")}),
     )
-    model = forms.ChoiceField(label=_("Model"), choices=model_choices)
+    # Choosing a model swaps in the size field of its presets and rule.
+    model = forms.ChoiceField(label=_("Model"), choices=model_choices, widget=forms.Select(attrs={
+        "hx-get": reverse_lazy("gallery-size-field"), "hx-trigger": "change", "hx-target": "#size-field",
+        "hx-swap": "outerHTML"}))
     # Any W*H is accepted here and judged by the chosen model's rule in clean().
-    size = forms.CharField(label=_("Size"), widget=forms.Select)
-    width = forms.IntegerField(label=_("Width"), required=False, min_value=1, max_value=10000)
-    height = forms.IntegerField(label=_("Height"), required=False, min_value=1, max_value=10000)
+    size = forms.CharField(label=_("Size"), widget=forms.Select, template_name="django/forms/size_field.html")
+    width = forms.IntegerField(label=_("Width"), required=False, min_value=1, max_value=10000,
+                               widget=forms.NumberInput(attrs={"inputmode": "numeric"}))
+    height = forms.IntegerField(label=_("Height"), required=False, min_value=1, max_value=10000,
+                                widget=forms.NumberInput(attrs={"inputmode": "numeric"}))
     n = forms.IntegerField(
         label=_("Number of images"), initial=1, min_value=1, max_value=MAX_IMAGES,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
         error_messages={"min_value": _("Ask for 1 to 4 images."), "max_value": _("Ask for 1 to 4 images."),
                         "required": _("Ask for 1 to 4 images."), "invalid": _("Ask for 1 to 4 images.")},
     )
     seed = forms.IntegerField(
         label=_("Seed"), required=False, min_value=0, max_value=MAX_SEED,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric", "placeholder": _("Random")}),
         help_text=_("Leave empty for a random seed; the studio records the one it used."),
         error_messages={"min_value": _("A seed is a whole number from 0 to 2147483647."),
                         "max_value": _("A seed is a whole number from 0 to 2147483647."),
@@ -96,6 +129,7 @@ class GenerateForm(forms.Form):
         model_name = self.data.get("model") if self.is_bound else self.initial.get("model")
         self.spec = get_model(model_name or "") or default_model()
         self.fields["size"].widget.choices = size_choices(self.spec.name)
+        self.fields["size"].help_text = self.spec.size_hint()
         self.fields["prompt"].widget.attrs["data-limit"] = self.spec.prompt_max
         self.fields["negative_prompt"].widget.attrs["data-limit"] = NEGATIVE_PROMPT_MAX
         if not self.is_bound:
@@ -145,9 +179,9 @@ class GenerateForm(forms.Form):
             standing = quotas.reserve(owner)
             if not standing.allows(images):
                 self.add_error(None, _(
-                    "That would go past your quota: %(used)d of your %(limit)d images today are used or on "
+                    "That would go past your quota: %(used)s of your %(limit)s images today are used or on "
                     "their way, and this asks for %(n)d. Your quota resets at midnight, in %(wait)s."
-                ) % {"used": standing.used, "limit": standing.limit, "n": images,
+                ) % {"used": intcomma(standing.used), "limit": intcomma(standing.limit), "n": images,
                      "wait": timeuntil(standing.resets_at, depth=2)})
                 return None
             generation = self.create_generation(owner)
@@ -164,28 +198,45 @@ class GenerateForm(forms.Form):
         )
 
 
-class GalleryFilterForm(forms.Form):
+class GalleryFilterForm(StudioForm):
     """The gallery's search box and filters; every field lives in the URL."""
 
-    q = forms.CharField(label=_("Search"), required=False, max_length=200)
-    sort = forms.ChoiceField(label=_("Sort"), required=False,
+    q = forms.CharField(label=_("Search"), required=False, max_length=200, widget=forms.SearchInput(attrs={
+        "aria-label": _("Search"), "placeholder": _("Search prompts: 草地, kittens, 青花瓷 teacup…"),
+        "autocomplete": "off"}))
+    sort = forms.ChoiceField(label=_("Sort"), required=False, template_name=INLINE_FIELD,
                              choices=[("relevance", _("Most relevant")), ("newest", _("Newest"))])
-    model = forms.ChoiceField(label=_("Model"), required=False)
-    shape = forms.ChoiceField(label=_("Shape"), required=False)
-    mine = forms.BooleanField(label=_("Only mine"), required=False)
-    favourites = forms.BooleanField(label=_("Favourites"), required=False)
-    since = GalleryDateField(label=_("From"))
-    until = GalleryDateField(label=_("To"))
+    model = forms.ChoiceField(label=_("Model"), required=False, template_name=INLINE_FIELD)
+    shape = forms.ChoiceField(label=_("Shape"), required=False, template_name=INLINE_FIELD)
+    mine = forms.BooleanField(label=_("Only mine"), required=False, template_name=INLINE_FIELD)
+    favourites = forms.BooleanField(label=_("Favourites"), required=False, template_name=INLINE_FIELD)
+    since = GalleryDateField(label=_("From"), template_name=INLINE_FIELD)
+    until = GalleryDateField(label=_("To"), template_name=INLINE_FIELD)
     cursor = forms.CharField(label=_("Page"), required=False, max_length=200, widget=forms.HiddenInput)
     collection = forms.ModelChoiceField(
         label=_("Collection"), required=False, queryset=Collection.objects.all(), widget=forms.HiddenInput,
         error_messages={"invalid_choice": _("There is no such collection.")},
     )
+    FILTERS = ("sort", "model", "shape", "since", "until", "mine", "favourites")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["model"].choices = [("", _("All models")), *[(s.name, s.label) for s in catalog().values()]]
         self.fields["shape"].choices = [("", _("Any shape")), *Image.Shape.choices]
+
+    @property
+    def filter_fields(self):
+        """The filters the row under the search box shows, each inside its label."""
+        return [self[name] for name in self.FILTERS]
+
+    def link_params(self) -> QueryDict:
+        """The search and filters as sent, less the page cursor and empty fields: what a link back to these
+        results, or on to an image among them, carries."""
+        params = QueryDict(mutable=True)
+        for name in self.fields:
+            if name != "cursor" and self.data.get(name):
+                params[name] = self.data[name]
+        return params
 
     def clean(self):
         cleaned = super().clean()
@@ -217,19 +268,31 @@ class ReuseForm(forms.Form):
             required=False, choices=[("prompt", "prompt"), ("seed", "seed"), ("revised", "revised")])
 
 
-class CollectionForm(forms.Form):
+class CollectionForm(StudioForm):
     name = PlainTextField(
-        label=_("Name"), max_length=120,
+        label=_("Name"), label_suffix="", max_length=120,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": _("e.g. Spring campaign")}),
         error_messages={"required": _("Give the collection a name."),
                         "max_length": _("A name is at most %(limit_value)d characters.")},
     )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.is_bound and self.errors:
+            self.focus()
 
-class CollectionSearchForm(forms.Form):
+    def focus(self) -> None:
+        """The cursor goes to the name: where it was sent back wrong, or where naming is the first thing to do."""
+        self.fields["name"].widget.attrs["autofocus"] = True
+
+
+class CollectionSearchForm(StudioForm):
     """The collections page's search box and its Only mine switch."""
 
-    q = PlainTextField(label=_("Search collections"), required=False, max_length=200)
-    mine = forms.BooleanField(label=_("Only mine"), required=False)
+    q = PlainTextField(label=_("Search collections"), required=False, max_length=200, widget=forms.SearchInput(
+        attrs={"aria-label": _("Search collections"), "placeholder": _("Search collections by name"),
+               "autocomplete": "off"}))
+    mine = forms.BooleanField(label=_("Only mine"), required=False, template_name=INLINE_FIELD)
 
 
 class ImageSelectionForm(forms.Form):
@@ -269,11 +332,14 @@ class OrderForm(forms.Form):
         return ids
 
 
-class ShareForm(forms.Form):
+class ShareForm(StudioForm):
     expiry = forms.ChoiceField(label=_("Expires"), choices=ShareLink.Expiry.choices,
                                initial=ShareLink.Expiry.WEEK)
-    show_parameters = forms.BooleanField(label=_("Show prompt and parameters"), required=False, initial=False)
-    allow_downloads = forms.BooleanField(label=_("Allow downloads"), required=False, initial=True)
+    show_parameters = forms.BooleanField(
+        label=_("Show prompt and parameters"), required=False, initial=False,
+        help_text=_("Off: the prompt, seed and model stay in the studio, in the page and in downloads."))
+    allow_downloads = forms.BooleanField(label=_("Allow downloads"), required=False, initial=True,
+                                         help_text=_("Lets people save the original PNG files."))
 
 
 MAX_DAILY_IMAGES = 100_000
@@ -281,7 +347,7 @@ QUOTA_ERROR = _("A daily quota is a whole number of images from 0 to 100000, or 
 MONTH_ERROR = _("Choose a month between 1900-01 and 9998-12, written as YYYY-MM.")
 
 
-class QuotaForm(forms.Form):
+class QuotaForm(StudioForm):
     """A designer's own daily quota, set by staff on the Team page; empty puts them back on the studio default."""
 
     daily_images = forms.IntegerField(
@@ -291,13 +357,20 @@ class QuotaForm(forms.Form):
     )
 
 
-class UsageFilterForm(forms.Form):
+class UsageFilterForm(StudioForm):
     """The Usage page's month, as ?month=YYYY-MM; without one, the current month."""
 
     month = forms.CharField(
-        label=_("Month"), required=False, max_length=7, widget=forms.TextInput(attrs={"type": "month"}),
+        label=_("Month"), required=False, max_length=7,
+        # Required in the browser: an emptied picker would otherwise send the page back to this month.
+        widget=forms.TextInput(attrs={"type": "month", "min": f"{EARLIEST_DATE:%Y-%m}", "required": True}),
         error_messages={"max_length": MONTH_ERROR, "null_characters_not_allowed": MONTH_ERROR},
     )
+
+    def __init__(self, params, *, today: date, **kwargs):
+        """params: the page's query; a month left out is the current one, so that the picker shows it."""
+        super().__init__({"month": params.get("month") or f"{today:%Y-%m}"}, **kwargs)
+        self.fields["month"].widget.attrs["max"] = f"{today:%Y-%m}"
 
     def clean_month(self) -> date | None:
         value = self.cleaned_data["month"]

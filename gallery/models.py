@@ -15,6 +15,7 @@ from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
 
 from gallery.catalog import MAX_SEED, Size, get_model
+from gallery.messages import Message, dump, load, sentences
 
 
 def _running_without_lease(now) -> Q:
@@ -107,7 +108,7 @@ class Generation(models.Model):
         CANCELED = "canceled", _("Canceled")
 
     FINISHED = (Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELED)
-    QUEUE_DOWN = "The job queue can't be reached just now. Your job is saved and starts when the queue is back."
+    QUEUE_DOWN = "queue_down"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations")
@@ -122,6 +123,13 @@ class Generation(models.Model):
     watermark = models.BooleanField(default=False)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # What the card says, as gallery.messages codes, translated when shown: the status line while
+    # the job waits or runs, and why it ended short (sentences, in order). error_code is the
+    # provider's (or the studio's) name for the failure. status_detail and error_message hold the
+    # English sentences of jobs from before the codes, shown as they are.
+    detail_code = models.CharField(max_length=64, blank=True, default="", db_default="")
+    detail_params = models.JSONField(blank=True, default=dict, db_default={})
+    error_notes = models.JSONField(blank=True, default=list, db_default=[])
     status_detail = models.CharField(max_length=300, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
@@ -209,7 +217,33 @@ class Generation(models.Model):
     @property
     def waits_for_the_queue(self) -> bool:
         """Its message could not be sent (the broker was down): the sweeper sends it once it is back."""
-        return self.status == self.Status.QUEUED and self.status_detail == self.QUEUE_DOWN
+        return self.status == self.Status.QUEUED and self.detail_code == self.QUEUE_DOWN
+
+    @staticmethod
+    def saying(detail: Message | None) -> dict:
+        """The fields that make the card's status line say `detail` (nothing, for None)."""
+        if detail is None:
+            return {"detail_code": "", "detail_params": {}, "status_detail": ""}
+        return {"detail_code": detail.code, "detail_params": detail.to_json()["params"], "status_detail": ""}
+
+    @property
+    def detail_text(self) -> str:
+        """The status line in the reader's language (a job from before the codes keeps its English)."""
+        if not self.detail_code:
+            return self.status_detail
+        return str(Message.from_json({"code": self.detail_code, "params": self.detail_params}))
+
+    @property
+    def reasons(self) -> list[Message]:
+        """Why the job ended short, or what went wrong on the way, one message per sentence.
+
+        A job from before the codes has its English sentence, which a Message shows as it is."""
+        return load(self.error_notes) or ([Message(self.error_message)] if self.error_message else [])
+
+    @property
+    def error_text(self) -> str:
+        """The reasons in the reader's language."""
+        return sentences(self.reasons)
 
     @property
     def calls_left(self) -> int:
@@ -217,9 +251,19 @@ class Generation(models.Model):
         spec = self.spec
         return len(spec.calls_for(self.n)) - len(self.answers) if spec else 0
 
+    @property
+    def is_waiting(self) -> bool:
+        """Queued for its turn, before its first call or between calls."""
+        return self.status == self.Status.QUEUED
+
     def can_cancel(self, user) -> bool:
         """A job waiting for its turn can be canceled by its maker; a call under way can't be taken back."""
-        return self.status == self.Status.QUEUED and self.can_change(user)
+        return self.is_waiting and self.can_change(user)
+
+    @property
+    def can_try_again(self) -> bool:
+        """An ended job that left images wanting: the card offers its settings back to edit."""
+        return self.status in (self.Status.FAILED, self.Status.PARTIAL, self.Status.CANCELED)
 
     def claim(self, lease: timedelta, holder=None) -> bool:
         """Take back a running job whose worker stopped or which waited to retry, or which `holder` (the
@@ -236,11 +280,11 @@ class Generation(models.Model):
             self.refresh_from_db()
         return bool(taken)
 
-    def requeue(self, detail: str = "", not_before=None, **progress) -> None:
+    def requeue(self, detail: Message | None = None, not_before=None, **progress) -> None:
         """Give the job back to the queue to wait for its next call's turn (after `not_before`),
         saving `progress` and whether a call of its is unconfirmed."""
         self.save_progress(status=self.Status.QUEUED, lease_until=None, not_before=not_before,
-                           status_detail=detail[:300], call_in_flight=self.call_in_flight, **progress)
+                           call_in_flight=self.call_in_flight, **self.saying(detail), **progress)
 
     def jobs_ahead(self) -> int:
         """Queued jobs of the same model that the round-robin will start before this one."""
@@ -293,12 +337,12 @@ class Generation(models.Model):
         """Images the provider sent back, and so billed (API.md: it bills the images it returns)."""
         return sum(len(answer["results"]) for answer in self.answers)
 
-    def finish(self, status: str, error_code: str = "", error_message: str = "") -> None:
+    def finish(self, status: str, error_code: str = "", reasons: list[Message] = ()) -> None:
         """End the job, settling its quota to what the provider billed: images that never came are given back."""
         # A call still unconfirmed when the job ends may have been billed: the card says so.
         unconfirmed = self.unconfirmed_calls + (self.call_in_flight is not None)
-        self.save_progress(status=status, error_code=error_code, error_message=error_message,
-                           status_detail="", lease_until=None, not_before=None, call_in_flight=None,
+        self.save_progress(status=status, error_code=error_code, error_notes=dump(reasons), error_message="",
+                           **self.saying(None), lease_until=None, not_before=None, call_in_flight=None,
                            unconfirmed_calls=unconfirmed, finished_at=timezone.now(),
                            billed_images=self.images_answered)
 

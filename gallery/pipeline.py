@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from functools import partial
 
@@ -33,9 +33,10 @@ from django.db import connection as db_connection
 from django.db.models import Min
 from django.utils import timezone
 
-from gallery import client, limits, search, storage
+from gallery import client, imaging, limits, search, storage
 from gallery.catalog import ModelSpec, get_model
 from gallery.client import ApiError, DownloadError, ErrorKind, Result
+from gallery.messages import Message, dump
 from gallery.models import Generation, Image, Rendition
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ MAX_THROTTLED_AGE = timedelta(hours=1)
 # How long a task waits in its worker for a provider slot before the broker holds it instead.
 SLOT_WAIT = 10.0
 _images = ThreadPoolExecutor(max_workers=4, thread_name_prefix="images")
-_uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="uploads")
+_encodes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encodes")
+_uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="uploads")
 
 
 class TryLater(Exception):
@@ -64,10 +66,10 @@ class TryLater(Exception):
 
 
 class JobFailed(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
+    def __init__(self, code: str, note: Message):
+        super().__init__(note.english)
         self.code = code
-        self.message = message
+        self.note = note
 
 
 def lease() -> timedelta:
@@ -125,7 +127,7 @@ def _one_turn(model: str) -> Generation | None:
     spec = get_model(model)
     if spec is None:
         if job := Generation.objects.take_next(model, lease()):
-            job.finish(Generation.Status.FAILED, "ModelNotOffered", f"The model {model} is no longer offered.")
+            job.finish(Generation.Status.FAILED, "ModelNotOffered", [Message("model_not_offered", model=model)])
         return job
     now = timezone.now()
     waiting = Generation.objects.waiting_for(model)
@@ -176,7 +178,7 @@ def call(job: Generation, spec: ModelSpec, token: str) -> None:
         n=count, seed=job.seed_for(first_index), prompt_extend=job.prompt_extend, watermark=job.watermark,
     )
     job.save_progress(call_in_flight=call_index, attempts=job.attempts + 1, call_started_at=timezone.now(),
-                      lease_until=timezone.now() + lease(), status_detail="Generating…")
+                      lease_until=timezone.now() + lease(), **Generation.saying(Message("generating")))
     try:
         held = limits.holds(spec, token)
     except redis.RedisError:
@@ -202,7 +204,7 @@ def call(job: Generation, spec: ModelSpec, token: str) -> None:
     stash_answer(job, call_index, saved)
     job.answers.append(saved)
     durably(lambda: job.save_progress(answers=job.answers, call_in_flight=None, api_seconds=job.api_seconds,
-                                      throttled_since=None, status_detail="Saving images…"))
+                                      throttled_since=None, **Generation.saying(Message("saving"))))
     log_step(job, "answered", call=call_index, images=len(answer.results), seconds=f"{time.monotonic() - started:.1f}")
 
 
@@ -261,8 +263,7 @@ def carry_on(job: Generation) -> None:
             settle_call_in_flight(job)  # its worker stopped mid-call, or the database went away
         problems = store_results(job)
         if job.calls_left > 0:
-            reasons = " ".join(dict.fromkeys([job.error_message, *problems])).strip()
-            job.save_progress(error_message=reasons)
+            job.save_progress(error_notes=dump([*job.reasons, *problems]))
             job.requeue()
             log_step(job, "queued", calls_left=job.calls_left)
             return
@@ -285,19 +286,18 @@ def handling(job: Generation) -> Iterator[None]:
             handle_api_error(job, error)
         except storage.StorageError as error:
             logger.warning("job=%s step=wait-storage error=%s", job.pk, error)
-            retry_later(job, "Waiting for storage to come back.")
+            retry_later(job, Message("waiting_for_storage"))
         except redis.RedisError as error:
             logger.warning("job=%s step=wait-redis error=%s", job.pk, type(error).__name__)
-            retry_later(job, "Waiting for the queue to come back.")
+            retry_later(job, Message("waiting_for_queue"))
         except JobFailed as failure:
-            job.finish(Generation.Status.FAILED, failure.code, failure.message)
+            job.finish(Generation.Status.FAILED, failure.code, [failure.note])
             log_step(job, "failed", code=failure.code)
         except (TryLater, limits.Busy, OperationalError, InterfaceError, Generation.LostHold):
             raise
         except Exception:
             logger.exception("job=%s step=studio-error", job.pk)
-            job.finish(Generation.Status.FAILED, "StudioError",
-                       "Something went wrong inside the studio. Please try again; we have logged it.")
+            job.finish(Generation.Status.FAILED, "StudioError", [Message("studio_fault")])
     except (OperationalError, InterfaceError) as error:
         logger.warning("job=%s step=database-error error=%s", job.pk, type(error).__name__)
         raise TryLater(backoff(2), job.pk, holder=job.holder) from None
@@ -310,17 +310,14 @@ def count_unconfirmed_call(generation: Generation) -> None:
     unconfirmed = generation.unconfirmed_calls + 1
     generation.save_progress(unconfirmed_calls=unconfirmed, call_in_flight=None)
     if unconfirmed >= settings.QWEN_MAX_UNCONFIRMED_CALLS:
-        raise JobFailed("NoAnswer", (
-            f"The provider did not answer {unconfirmed} times. It may still have charged for those "
-            "calls, so the studio stopped rather than risk paying again. Try again later."
-        ))
+        raise JobFailed("NoAnswer", Message("calls_unanswered", count=unconfirmed))
 
 
 def handle_api_error(job: Generation, error: ApiError) -> None:
     log_step(job, "api-error", code=error.code, kind=error.kind)
     if error.kind is ErrorKind.PERMANENT:
         if not job.answers:
-            job.finish(Generation.Status.FAILED, error.code, error.designer_message)
+            job.finish(Generation.Status.FAILED, error.code, [error.designer_message])
             return
         # A later call was refused for good: the job makes no more calls and keeps what the
         # earlier ones made (the caller stores them and finishes it).
@@ -329,13 +326,13 @@ def handle_api_error(job: Generation, error: ApiError) -> None:
             job.answers.append({"first_index": first_index, "n": count, "seed": job.seed_for(first_index),
                                 "results": [], "refused": error.code})
             first_index += count
-        job.save_progress(answers=job.answers, call_in_flight=None, error_message=error.designer_message)
+        job.save_progress(answers=job.answers, call_in_flight=None,
+                          error_notes=dump([*job.reasons, error.designer_message]))
         return
     if error.kind is ErrorKind.THROTTLED:
         job.throttled_since = job.throttled_since or timezone.now()
         if timezone.now() - job.throttled_since > MAX_THROTTLED_AGE:
-            job.finish(Generation.Status.FAILED, error.code,
-                       "The provider stayed too busy for an hour. Please try again later.")
+            job.finish(Generation.Status.FAILED, error.code, [Message("busy_for_an_hour")])
             return
         # Every worker holds back from the model, not only this one; the job waits its turn again.
         seconds = min(error.retry_after if error.retry_after is not None else backoff(1), 300.0)
@@ -343,24 +340,24 @@ def handle_api_error(job: Generation, error: ApiError) -> None:
             limits.pause(job.spec, seconds)
         except redis.RedisError:
             pass  # this job still waits its turn; other workers may meet the 429 themselves
-        job.requeue("The provider asked us to slow down; waiting our turn.", throttled_since=job.throttled_since)
+        job.requeue(Message("throttled"), throttled_since=job.throttled_since)
         raise TryLater(seconds, job.pk)
     if job.retries >= MAX_RETRIES:
         job.finish(Generation.Status.FAILED, error.code,
-                   f"{error.designer_message} The studio tried {MAX_RETRIES} times; please try again later.")
+                   [Message("retries_used_up", reason=error.designer_message, tries=MAX_RETRIES)])
         return
     seconds = backoff(job.retries + 1)
-    job.requeue(f"{error.designer_message} Trying again…", not_before=timezone.now() + timedelta(seconds=seconds),
-                retries=job.retries + 1)
+    job.requeue(Message("retrying", reason=error.designer_message),
+                not_before=timezone.now() + timedelta(seconds=seconds), retries=job.retries + 1)
     raise TryLater(seconds, job.pk)
 
 
-def retry_later(job: Generation, detail: str) -> None:
+def retry_later(job: Generation, detail: Message) -> None:
     """Keep the job held until the outage (storage, Redis) may have passed; the message takes it back
     then. Waiting out an outage never uses up the job's retries of the API: it only ends when it is over."""
     waits = min(job.waits + 1, 1000)
     seconds = backoff(waits)
-    job.save_progress(waits=waits, status_detail=detail[:300], call_in_flight=job.call_in_flight,
+    job.save_progress(waits=waits, **Generation.saying(detail), call_in_flight=job.call_in_flight,
                       lease_until=timezone.now() + timedelta(seconds=seconds))
     raise TryLater(seconds, job.pk)
 
@@ -376,9 +373,15 @@ class Stored:
     size: int
     sha256: str
     renditions: list[tuple[str, str, int, int, int]]
+    uploads: list = field(default_factory=list, repr=False)
+
+    def wait_for_uploads(self) -> None:
+        """Return once the original and every rendition are in storage; raise StorageError if one is not."""
+        for upload in self.uploads:
+            upload.result()
 
 
-def store_results(generation: Generation) -> list[str]:
+def store_results(generation: Generation) -> list[Message]:
     """Copy every answered image into storage and write its rows; return what could not be kept."""
     done = set(generation.images.values_list("index", flat=True))
     pending = [
@@ -394,17 +397,17 @@ def store_results(generation: Generation) -> list[str]:
     for index, future in futures:
         try:
             stored = future.result()
+            durably(partial(save_rows, generation, stored))
         except (storage.StorageError, DownloadError) as error:
             if isinstance(error, storage.StorageError) or error.retryable:
                 passing = passing or str(error)
             else:
-                problems.append(f"Image {index + 1}: {error}")
+                problems.append(Message("image_problem", number=index + 1, problem=error.note))
             continue
         except Exception:
             logger.exception("job=%s step=store image=%s", generation.pk, index)
-            problems.append(f"Image {index + 1} could not be saved because of a fault inside the studio.")
+            problems.append(Message("image_fault", number=index + 1))
             continue
-        durably(partial(save_rows, generation, stored))
         generation.save_progress(lease_until=timezone.now() + lease())  # still ours, for a while more
         log_step(generation, "stored", image=index)
     if passing:
@@ -413,7 +416,10 @@ def store_results(generation: Generation) -> list[str]:
 
 
 def store_files(generation_id, index: int, seed: int, result: Result) -> Stored:
-    """Download, check and store one image and its thumbnails. Touches no database."""
+    """Download and check one image, encode its thumbnails and start every upload. Touches no database.
+
+    The original and each rendition go up side by side, so a slow storage costs one request's
+    latency per image, not three; the uploads run on while save_rows writes the rows."""
     data = client.fetch_result(result)
     key = storage.original_key(generation_id, index)
     digest = hashlib.sha256(data).hexdigest()
@@ -421,27 +427,29 @@ def store_files(generation_id, index: int, seed: int, result: Result) -> Stored:
         picture = PIL.Image.open(io.BytesIO(data), formats=["PNG"])
         picture.load()  # the whole image decodes before anything is stored: no orphan files
     except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError):
-        raise DownloadError("the provider's file is damaged and could not be read.", retryable=False) from None
+        raise DownloadError("damaged", retryable=False) from None
     with picture:
         uploads = [_uploads.submit(storage.put, key, data)]
         width, height = picture.size
         renditions = make_renditions(generation_id, index, picture, uploads)
-    for upload in uploads:
-        upload.result()
-    return Stored(index, result, seed, key, width, height, len(data), digest, renditions)
+    return Stored(index, result, seed, key, width, height, len(data), digest, renditions, uploads)
 
 
 def make_renditions(generation_id, index: int, picture: PIL.Image.Image, uploads: list) -> list:
-    """Encode the WebP thumbnails, largest first; their uploads join `uploads` and run meanwhile."""
+    """Make the WebP thumbnails: each size is scaled from the one above it (on two threads), and
+    encoded and uploaded beside the next scaling. Their uploads join `uploads`; returns each
+    rendition's row values."""
     picture = picture.convert("RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB")
-    made = []
+    encodes = []
     for spec, edge in sorted(RENDITION_EDGES.items(), key=lambda item: -item[1]):
-        picture.thumbnail((edge, edge), PIL.Image.Resampling.LANCZOS, reducing_gap=2.0)
-        buffer = io.BytesIO()
-        picture.save(buffer, "WEBP", quality=82, method=4)
+        picture = imaging.scaled(picture, edge, _encodes)
         key = storage.rendition_key(generation_id, index, spec)
-        uploads.append(_uploads.submit(storage.put, key, buffer.getvalue()))
-        made.append((spec, key, picture.width, picture.height, buffer.tell()))
+        encodes.append((spec, key, picture.size, _encodes.submit(imaging.encode_webp, picture)))
+    made = []
+    for spec, key, (width, height), encode in encodes:
+        data = encode.result()
+        uploads.append(_uploads.submit(storage.put, key, data))
+        made.append((spec, key, width, height, len(data)))
     return made
 
 
@@ -461,17 +469,19 @@ def save_rows(generation: Generation, stored: Stored) -> None:
             Rendition(image=image, spec=spec, file=key, width=width, height=height, bytes=size)
             for spec, key, width, height, size in stored.renditions
         ], ignore_conflicts=True)
+        # Written while the files go up, committed only once all of them are there: a row never
+        # points at a missing file, and the database's time hides behind the storage's.
+        stored.wait_for_uploads()
 
 
-def finish(generation: Generation, problems: list[str]) -> None:
+def finish(generation: Generation, problems: list[Message]) -> None:
     kept = generation.images.count()
     if kept >= generation.n:
         generation.finish(Generation.Status.SUCCEEDED)
         return
-    reasons = " ".join(dict.fromkeys([generation.error_message, *problems])).strip()
+    reasons = [*generation.reasons, *problems]
     if kept:
-        message = f"{kept} of {generation.n} images came back. {reasons}".strip()
-        generation.finish(Generation.Status.PARTIAL, "Partial", message)
+        generation.finish(Generation.Status.PARTIAL, "Partial",
+                          [Message("images_came_back", kept=kept, n=generation.n), *reasons])
     else:
-        generation.finish(Generation.Status.FAILED, "NoImages",
-                          reasons or "The provider answered but sent no images. Please try again.")
+        generation.finish(Generation.Status.FAILED, "NoImages", reasons or [Message("no_images")])

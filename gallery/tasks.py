@@ -8,6 +8,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from gallery import limits, pipeline
+from gallery.messages import Message
 from gallery.models import Generation
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def sweep() -> int:
         if sent:
             limits.note_turn(model, settings.QWEN_REQUEUE_AFTER)  # once: the next sweep waits for these
             # Their cards stop saying the queue is down.
-            Generation.objects.filter(pk__in=sent, status_detail=Generation.QUEUE_DOWN).update(status_detail="")
+            Generation.objects.filter(pk__in=sent, detail_code=Generation.QUEUE_DOWN).update(**Generation.saying(None))
             logger.info("sweep: re-sent %d queued jobs of %s", len(sent), model)
         resent += len(sent)
     return len(stranded) + resent
@@ -59,6 +60,6 @@ def enqueue(generation_id) -> bool:
     except Exception as error:  # kombu and redis raise many kinds; the job is safe in the database
         logger.warning("job=%s step=enqueue failed=%s", generation_id, type(error).__name__)
         Generation.objects.filter(pk=generation_id, status=Generation.Status.QUEUED).update(
-            status_detail=Generation.QUEUE_DOWN)
+            **Generation.saying(Message(Generation.QUEUE_DOWN)))
         return False
     return True

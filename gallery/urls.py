@@ -1,10 +1,11 @@
 from django.urls import path, re_path
 
-from gallery.views import collections, gallery, generate, health, public, sharing, team
+from gallery.views import collections, gallery, generate, health, preferences, public, sharing, team
 
 urlpatterns = [
     path("", generate.generate, name="gallery-generate"),
     path("healthz", health.healthz, name="healthz"),
+    path("preferences/theme/", preferences.theme, name="gallery-theme"),
     path("generate/sizes/", generate.size_field, name="gallery-size-field"),
     path("jobs/<uuid:generation_id>/", generate.job, name="gallery-job"),
     path("jobs/<uuid:generation_id>/cancel/", generate.cancel_job, name="gallery-job-cancel"),

@@ -15,6 +15,7 @@ import redis
 import requests
 from django.contrib.auth.models import User
 from django.test.utils import override_settings
+from django.utils import translation
 
 from qwenstudio.celery import app as celery_app
 
@@ -110,6 +111,15 @@ class Sim:
 
     def reset(self) -> None:
         requests.post(f"{self.url}/_sim/reset", timeout=5).raise_for_status()
+
+
+@pytest.fixture(autouse=True)
+def _default_language():
+    """Each test starts in the default language: LocaleMiddleware leaves a request's language active in
+    the thread that served it, which is this one for the test client."""
+    translation.deactivate()
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(scope="session")
@@ -243,13 +253,18 @@ def page(browser, live_server):
     context.close()
 
 
-@pytest.fixture
-def signed_in_page(page, alice):
+def sign_in(page, username: str = "alice", password: str = "correct horse battery") -> None:
+    """Sign in through the real form, as a designer does."""
     page.goto("/accounts/login/")
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill("correct horse battery")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/")
+
+
+@pytest.fixture
+def signed_in_page(page, alice):
+    sign_in(page)
     return page
 
 

@@ -68,7 +68,7 @@ def test_area_rule_refuses_a_shape_beyond_4_to_1(size):
 def test_area_rule_refusal_says_why_in_words():
     error = build_catalog()[AREA_MODEL].size_error(Size.parse("1024*1024"))
 
-    assert "1280×1280 to 1440×1440" in error
+    assert "squares from 1280×1280 to 1440×1440" in error
 
 
 # the sides rule
@@ -224,3 +224,53 @@ def test_an_operator_sets_or_clears_a_price(given, expected):
 def test_a_malformed_price_stops_start_up_naming_it(price):
     with pytest.raises(ImproperlyConfigured, match="wan2.6-t2i.price"):
         build_catalog({"models": {"wan2.6-t2i": {"price": price}}})
+
+
+# an operator's size rule reaches the form
+
+
+@pytest.fixture
+def wider_wan(settings, tmp_path, fresh_catalog):
+    """An operator's catalog that lets Wan 2.6 go smaller and larger but keeps its shapes within 1:2 to 2:1."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"models": {AREA_MODEL: {
+        "min_pixels": 1024 * 1024, "max_pixels": 1536 * 1536, "min_aspect": "1:2", "max_aspect": 2,
+        "presets": ["1024*1024", "1536*1536", "1448*1086"]}}}))
+    settings.QWEN_CATALOG_FILE = str(path)
+
+
+def test_the_size_field_states_the_operators_bounds(wider_wan, client, alice):
+    client.force_login(alice)
+
+    html = client.get("/generate/sizes/", {"model": AREA_MODEL}).content.decode()
+
+    assert ("Wan 2.6: 1,048,576 to 2,359,296 pixels in all (squares from 1024×1024 to 1536×1536), "
+            "shapes from 1:2 to 2:1.") in html
+    assert "1280×1280" not in html and "4:1" not in html
+
+
+@pytest.mark.parametrize(("width", "height", "error"), [
+    (1100, 1000, None),  # too small for the defaults
+    (1500, 1500, None),  # too large for the defaults
+    (1000, 1000, "squares from 1024×1024 to 1536×1536"),
+    (2000, 900, "shapes from 1:2 to 2:1; 2000×900 is not"),  # 2.2:1, which the defaults allow
+])
+def test_the_form_judges_sizes_by_the_operators_bounds(wider_wan, width, height, error):
+    from gallery.forms import GenerateForm
+
+    form = GenerateForm({"prompt": "a kitten", "model": AREA_MODEL, "size": "custom", "width": width,
+                         "height": height, "n": 1})
+
+    assert form.is_valid() is (error is None)
+    if error:
+        assert error in " ".join(form.errors["size"])
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"min_aspect": "wide"}, "min_aspect must be a number"), ({"min_aspect": "1:0"}, "min_aspect must be a number"),
+    ({"min_aspect": 0}, "0 < min_aspect"), ({"min_pixels": 3_000_000}, "min_pixels <= max_pixels"),
+    ({"min_side": 2000}, "min_side <= max_side"),
+], ids=["aspect-text", "aspect-zero-height", "aspect-zero", "pixels-crossed", "sides-crossed"])
+def test_bounds_that_make_no_sense_are_refused_naming_them(entry, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        build_catalog({"models": {AREA_MODEL: entry}})

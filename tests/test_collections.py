@@ -227,7 +227,7 @@ def test_remove_by_htmx_answers_the_grid_without_the_image(client, spring, image
 
 
 def shown_in_order(html: str) -> list[int]:
-    return [int(pk) for pk in re.findall(r'<figure class="tile collection-tile" id="image-(\d+)"', html)]
+    return [int(pk) for pk in re.findall(r'<figure class="tile collection-tile[^"]*" id="image-(\d+)"', html)]
 
 
 @pytest.mark.parametrize(("index", "direction", "expected"), [
@@ -425,7 +425,7 @@ def test_the_gallery_filtered_to_a_collection_shows_only_its_images(client, spri
     html = response.content.decode()
     assert response.status_code == 200
     assert shown(response) == [image.pk for image in images[:3]]
-    assert f'<input type="hidden" name="collection" value="{spring.pk}">' in html
+    assert re.search(rf'<input type="hidden" name="collection" value="{spring.pk}"[^>]*>', html)
     assert f'<a href="/collections/{spring.pk}/">Spring campaign</a>' in html
     assert shown(client.get("/gallery/", {"collection": spring.pk, "q": "number 1"})) == [images[1].pk]
     assert shown(client.get("/gallery/")) == [image.pk for image in images]

@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from gallery.models import Collection
+from tests.conftest import sign_in
 from tests.test_browser import SCREENSHOTS, shoot
 from tests.test_collections import order_of, stored_image
 from tests.test_csp import assert_within_policy, csp, loaded, wait_in_page  # noqa: F401 (csp is a fixture)
@@ -196,11 +197,7 @@ def test_without_javascript_the_same_path_is_plain_forms(browser, live_server, a
     context = browser.new_context(java_script_enabled=False, base_url=live_server.url,
                                   viewport={"width": 1360, "height": 900})
     page = context.new_page()
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill("correct horse battery")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/")
+    sign_in(page)
 
     # when the designer ticks two tiles and presses Add to collection
     page.goto("/gallery/")

@@ -101,7 +101,7 @@ def test_a_model_limited_per_minute_waits_in_the_queue_for_the_next_minute(worke
     for job in jobs:
         job.refresh_from_db()
     assert [job.status for job in jobs[2:]] == [Generation.Status.QUEUED] * 2
-    assert not jobs[2].error_message and not jobs[3].error_message
+    assert jobs[2].reasons == [] and jobs[3].reasons == []
     assert jobs[2].can_cancel(alice)
     # and their cards say where they stand
     assert (jobs[2].jobs_ahead(), jobs[3].jobs_ahead()) == (0, 1)
@@ -148,7 +148,7 @@ def test_a_429_holds_back_every_worker_for_that_model_only(worker, alice, sim, s
     # then X waits its turn again, queued, while the provider asked us to slow down
     def x_waits():
         x.refresh_from_db()
-        return x.status == Generation.Status.QUEUED and "slow down" in x.status_detail
+        return x.status == Generation.Status.QUEUED and x.detail_code == "throttled"
     wait_for(x_waits, timeout=3, interval=0.05)
 
     all_finished([x, *others, other_model], timeout=40)
@@ -352,7 +352,7 @@ def test_a_queued_jobs_card_says_where_it_stands(alice, bob, client):
 
 def test_a_running_jobs_card_says_nothing_about_the_queue(alice, client):
     job = make_generation(alice, prompt="running card", status=Generation.Status.RUNNING,
-                          status_detail="Generating…", **SMALL)
+                          detail_code="generating", **SMALL)
     client.force_login(alice)
     card = client.get(reverse("gallery-job", args=[job.pk])).content.decode()
     assert "Generating…" in card

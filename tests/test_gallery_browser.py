@@ -120,3 +120,34 @@ def test_a_tile_favourite_toggles_in_place(signed_in_page, alice):
     assert image.favourites.filter(user=alice).exists()
     page.goto("/gallery/?favourites=on")
     expect(page.locator("figure.tile")).to_have_count(1)
+
+
+def test_tiles_keep_their_shapes_in_full_rows_across_pages(signed_in_page, alice):
+    # given more images of many shapes than two pages hold
+    shapes = [(1024, 1024), (1280, 720), (720, 1280), (1440, 1080), (2700, 768), (768, 2700), (1440, 810)]
+    images = [make_image(alice, f"shape number {i}", width=shapes[i % 7][0], height=shapes[i % 7][1], minutes_ago=i)
+              for i in range(PAGE_SIZE * 2 + 5)]
+    page = signed_in_page
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.goto("/gallery/")
+    tiles = page.locator("figure.tile")
+    for count in (PAGE_SIZE * 2, PAGE_SIZE * 2 + 5):
+        page.locator("a.more").scroll_into_view_if_needed()
+        expect(tiles).to_have_count(count)
+
+    # then every tile has its image's shape, a row's tiles share a height, and each row but the last is full
+    boxes = tiles.evaluate_all("tiles => tiles.map(t => { const b = t.getBoundingClientRect(); "
+                               "return [Number(t.dataset.image), b.left, b.top, b.right, b.width, b.height]; })")
+    shape = {image.pk: image.width / image.height for image in images}
+    assert [box[0] for box in boxes] == [image.pk for image in images]
+    for pk, _, _, _, width, height in boxes:
+        assert width / height == pytest.approx(shape[pk], rel=0.012)
+    rows: dict[float, list] = {}
+    for box in boxes:
+        rows.setdefault(round(box[2]), []).append(box)
+    right = page.locator("#grid").bounding_box()
+    edge = right["x"] + right["width"]
+    for top in sorted(rows)[:-1]:
+        assert max(box[3] for box in rows[top]) == pytest.approx(edge, abs=1.5)
+        assert max(box[5] for box in rows[top]) - min(box[5] for box in rows[top]) < 1.5
+    assert len(rows) > 8

@@ -387,7 +387,7 @@ def test_a_worker_killed_mid_call_frees_its_slot_within_the_lease_and_its_job_is
         finished(generation)
 
         # then the job ends well, counting the cut-off call as unconfirmed and calling once more
-        assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+        assert generation.status == Generation.Status.SUCCEEDED, generation.error_text
         assert (generation.unconfirmed_calls, generation.attempts) == (1, 2)
         assert len(generation_calls(sim, generation)) == 2
         assert generation.images.count() == 1
@@ -444,7 +444,7 @@ def test_redis_restarted_empty_mid_batch_lets_no_more_than_the_limit_through(
     print(f"peak in flight over the batch: apisim {peak}, from its call records {most_at_once(calls)}")
     assert peak <= 2
     assert most_at_once(calls) <= 2
-    assert [job.status for job in jobs] == [Generation.Status.SUCCEEDED] * 12, [job.error_message for job in jobs]
+    assert [job.status for job in jobs] == [Generation.Status.SUCCEEDED] * 12, [job.error_text for job in jobs]
     assert len(calls) == 12
     assert limits.in_flight() == 0
 

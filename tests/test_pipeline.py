@@ -43,7 +43,7 @@ def test_generation_stores_originals_thumbnails_and_rows(worker, alice, s3, sim)
     finished(generation)
 
     # then both originals are in S3 byte for byte, with WebP thumbnails beside them
-    assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+    assert generation.status == Generation.Status.SUCCEEDED, generation.error_text
     images = list(generation.images.prefetch_related("renditions"))
     assert [image.index for image in images] == [0, 1]
     for image in images:
@@ -95,7 +95,7 @@ def test_passing_faults_recover_by_themselves(worker, alice, sim, fault):
     sim.fault(match=generation.prompt, **fault)
     enqueue(generation.pk)
     finished(generation)
-    assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+    assert generation.status == Generation.Status.SUCCEEDED, generation.error_text
     assert generation.images.count() == 1
     assert len(generation_calls(sim, generation)) == 2
 
@@ -123,7 +123,7 @@ def test_permanent_faults_fail_once_with_a_designer_message(worker, alice, sim, 
     finished(generation)
     assert generation.status == Generation.Status.FAILED
     assert generation.error_code == code
-    assert words in generation.error_message
+    assert words in generation.error_text
     assert len(generation_calls(sim, generation)) == 1
     assert generation.images.count() == 0
 
@@ -135,7 +135,7 @@ def test_moderation_on_a_200_fails_without_retrying(worker, alice, sim):
     enqueue(generation.pk)
     finished(generation)
     assert generation.status == Generation.Status.FAILED
-    assert "content check" in generation.error_message
+    assert "content check" in generation.error_text
     assert len(generation_calls(sim, generation)) == 1
 
 
@@ -145,7 +145,7 @@ def test_fewer_images_than_asked_ends_partial_with_what_came(worker, alice, sim,
     enqueue(generation.pk)
     finished(generation)
     assert generation.status == Generation.Status.PARTIAL
-    assert "2 of 4" in generation.error_message
+    assert "2 of 4" in generation.error_text
     assert generation.images.count() == 2
     for image in generation.images.all():
         assert s3.head_object(Bucket=BUCKET, Key=image.file)["ContentLength"] == image.bytes
@@ -168,7 +168,7 @@ def test_calls_cut_off_without_answer_stop_at_the_billing_cap(worker, alice, sim
     finished(generation)
     assert generation.status == Generation.Status.FAILED
     assert generation.error_code == "NoAnswer"
-    assert "may still have charged" in generation.error_message
+    assert "may still have charged" in generation.error_text
     assert len(generation_calls(sim, generation)) == 2
 
 
@@ -178,7 +178,7 @@ def test_expired_result_urls_fail_with_a_clear_message(worker, alice, sim):
     enqueue(generation.pk)
     finished(generation)
     assert generation.status == Generation.Status.FAILED
-    assert "expired" in generation.error_message
+    assert "expired" in generation.error_text
 
 
 @pytest.mark.parametrize(("fault", "words"), [
@@ -193,7 +193,7 @@ def test_unsafe_results_are_refused_without_decoding(worker, alice, sim, fault, 
     enqueue(generation.pk)
     finished(generation)
     assert generation.status == Generation.Status.FAILED
-    assert words in generation.error_message
+    assert words in generation.error_text
     assert generation.images.count() == 0
 
 
@@ -228,7 +228,7 @@ def test_a_job_that_waited_long_in_the_queue_is_not_failed_by_one_429(worker, al
     finished(generation)
 
     # then the provider's hour of grace starts at the 429, so the job is made
-    assert generation.status == Generation.Status.SUCCEEDED, generation.error_message
+    assert generation.status == Generation.Status.SUCCEEDED, generation.error_text
     assert generation.throttled_since is None
 
 
@@ -244,7 +244,7 @@ def test_a_job_the_provider_throttled_for_an_hour_fails_saying_so(worker, alice,
 
     # then it fails with the reason
     assert generation.status == Generation.Status.FAILED
-    assert "too busy for an hour" in generation.error_message
+    assert "too busy for an hour" in generation.error_text
 
 
 def test_redelivery_after_an_answered_call_resumes_without_calling_again(transactional_db, alice, sim, s3):
@@ -303,7 +303,7 @@ def test_a_storage_outage_waits_and_resumes_without_calling_again(worker, alice,
 
     def waiting_for_storage():
         generation.refresh_from_db()
-        return generation.waits >= 1 and "storage" in generation.status_detail
+        return generation.waits >= 1 and generation.detail_code == "waiting_for_storage"
     wait_for(waiting_for_storage)
 
     # when storage comes back
@@ -450,7 +450,7 @@ def test_a_truncated_image_costs_only_itself_not_its_paid_sibling(worker, alice,
     # and storage holds only the good image's files
     assert generation.status == Generation.Status.PARTIAL
     assert list(generation.images.values_list("index", flat=True)) == [0]
-    assert "Image 2" in generation.error_message and "damaged" in generation.error_message
+    assert "Image 2" in generation.error_text and "damaged" in generation.error_text
     assert generation.billed_images == 2 and len(generation_calls(sim, generation)) == 1
     keys = sorted(item["Key"] for item in s3.list_objects_v2(
         Bucket=BUCKET, Prefix=f"generations/{generation.pk}/")["Contents"])

@@ -19,6 +19,8 @@ from gallery.models import Collection, Rendition
 from gallery.views.common import HtmxHttpRequest, changeable, viewable
 
 LIST_LIMIT = 120
+# Ids of the name field on each page that has one, as the pages and their tests know them.
+NEW_ID, PICKER_ID, RENAME_ID = "new-collection-%s", "picker-%s", "rename-%s"
 
 
 @login_required
@@ -26,8 +28,8 @@ LIST_LIMIT = 120
 def index(request: HtmxHttpRequest) -> HttpResponse:
     search = CollectionSearchForm(request.GET)
     if request.method == "GET":
-        return _index(request, search, CollectionForm(), status=200 if search.is_valid() else 400)
-    form = CollectionForm(request.POST)
+        return _index(request, search, CollectionForm(auto_id=NEW_ID), status=200 if search.is_valid() else 400)
+    form = CollectionForm(request.POST, auto_id=NEW_ID)
     if not form.is_valid():
         return _index(request, search, form, status=422)
     collection = Collection.objects.create(owner=request.user, name=form.cleaned_data["name"])
@@ -65,10 +67,11 @@ def picker(request: HtmxHttpRequest) -> HttpResponse:
     if request.method == "GET":
         if request.htmx and "images" not in request.GET:
             # The gallery's dialog: its selection goes with the choice, not with this request.
-            return _picker(request, None, CollectionForm())
+            return _picker(request, None, CollectionForm(auto_id=PICKER_ID))
         selection = ImageSelectionForm(request.GET)
-        return _picker(request, selection, CollectionForm(), status=200 if selection.is_valid() else 400)
-    selection, form = ImageSelectionForm(request.POST), CollectionForm(request.POST)
+        return _picker(request, selection, CollectionForm(auto_id=PICKER_ID),
+                       status=200 if selection.is_valid() else 400)
+    selection, form = ImageSelectionForm(request.POST), CollectionForm(request.POST, auto_id=PICKER_ID)
     if not selection.is_valid():
         return _picker(request, selection, form, status=400)
     if not form.is_valid():
@@ -82,6 +85,8 @@ def _picker(request, selection: ImageSelectionForm | None, form: CollectionForm,
     mine = _with_covers(list(Collection.objects.filter(owner=request.user).for_list().order_by("-updated", "-id")),
                         Rendition.Spec.CARD)
     valid = selection is not None and selection.is_valid()
+    if not mine:
+        form.focus()
     context = {"collections": mine, "form": form, "image_ids": _selected_ids(selection) if valid else [],
                "selection_errors": selection.errors.get("images", []) if selection is not None else []}
     template = "gallery/collection_picker.html#picker" if request.htmx else "gallery/collection_picker.html"
@@ -120,7 +125,7 @@ def _page(request, collection: Collection, *, part: str = "items", status: int =
     images = list(collection.ordered_images().select_related("generation", "owner")
                   .prefetch_related("renditions").defer("search"))
     context = {"collection": collection, "images": images, "can_change": collection.can_change(request.user),
-               "rename_form": rename_form or CollectionForm(initial={"name": collection.name}),
+               "rename_form": rename_form or CollectionForm(initial={"name": collection.name}, auto_id=RENAME_ID),
                "error": error, "focus": focus or {}}
     template = f"gallery/collection.html#{part}" if request.htmx else "gallery/collection.html"
     return render(request, template, context, status=status)
@@ -134,7 +139,7 @@ def _redirect(request, url: str) -> HttpResponse:
 @require_POST
 def rename(request: HtmxHttpRequest, collection_id: int) -> HttpResponse:
     collection = changeable(Collection.objects.select_related("owner"), request.user, pk=collection_id)
-    form = CollectionForm(request.POST)
+    form = CollectionForm(request.POST, auto_id=RENAME_ID)
     if not form.is_valid():
         return _page(request, collection, part="head", status=422, rename_form=form)
     collection.name = form.cleaned_data["name"]
@@ -161,7 +166,7 @@ def add(request: HtmxHttpRequest, collection_id: int) -> HttpResponse:
     collection = changeable(Collection.objects, request.user, pk=collection_id)
     selection = ImageSelectionForm(request.POST)
     if not selection.is_valid():
-        return _picker(request, selection, CollectionForm(), status=400)
+        return _picker(request, selection, CollectionForm(auto_id=PICKER_ID), status=400)
     ids = _selected_ids(selection)
     return _added(request, collection, collection.add(ids), len(ids))
 

@@ -52,8 +52,6 @@ def page(request, token: str) -> HttpResponse:
     card = images[0].rendition(Rendition.Spec.CARD) if images else None
     context = {
         "link": link, "token": token, "images": images, "first": images[0] if images else None,
-        # Image routes live under the page's own URL: one reverse instead of four per tile.
-        "base": reverse("gallery-public", args=[token]),
         "maker": link.owner.get_full_name() or link.owner.get_username(),
         "card": card, "card_url": card and request.build_absolute_uri(
             reverse("gallery-public-image", args=[token, images[0].pk, Rendition.Spec.CARD])),

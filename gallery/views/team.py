@@ -178,9 +178,9 @@ class ChartDay:
 @require_GET
 def usage(request: HtmxHttpRequest) -> HttpResponse:
     """/usage/: images billed and their estimated cost per designer and model, today and in a month (?month=)."""
-    form = UsageFilterForm(request.GET)
-    valid = form.is_valid()
     today = timezone.localdate(timezone=timezone.get_default_timezone())
+    form = UsageFilterForm(request.GET, today=today)
+    valid = form.is_valid()
     month = (form.cleaned_data["month"] if valid else None) or today.replace(day=1)
     context = {"form": form, "today": today, "month": month, "time_zone": settings.TIME_ZONE,
                "previous_month": _month_before(month), "next_month": _month_after(month, today),

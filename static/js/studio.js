@@ -44,12 +44,15 @@ document.addEventListener("click", function (event) {
   }
 });
 
-// ← and → step between gallery items on a detail page.
-document.addEventListener("keydown", function (event) {
-  if (event.altKey || event.ctrlKey || event.metaKey || event.target.closest("input, textarea, select")) return;
-  var link = event.key === "ArrowLeft" ? document.getElementById("newer")
-           : event.key === "ArrowRight" ? document.getElementById("older") : null;
-  if (link) window.location.href = link.href;
+// The theme switch repaints at once; htmx saves the choice in the cookie the server reads for the next page.
+document.addEventListener("change", function (event) {
+  if (!event.target.matches("[data-theme-switch]")) return;
+  var theme = event.target.value;
+  var root = document.documentElement;
+  if (theme === "light" || theme === "dark") root.dataset.theme = theme;
+  else delete root.dataset.theme;
+  var scheme = document.querySelector('meta[name="color-scheme"]');
+  if (scheme) scheme.content = root.dataset.theme || "light dark";
 });
 
 // Fields in a [data-autosubmit] element (the language menu, the gallery filters) submit their form on change.
@@ -65,3 +68,22 @@ document.addEventListener("submit", function (event) {
     event.stopImmediatePropagation();
   }
 }, true);
+
+// Each page of the gallery arrives as a block of rows of its own, so that only the new block is laid out. A
+// block's last row stands at its natural height until the next page comes; then it moves into the new block,
+// and the rows run on as if the gallery were one.
+document.addEventListener("htmx:load", function (event) {
+  var block = event.detail.elt;
+  var before = block.matches("[data-grid-page]") && block.previousElementSibling;
+  if (!before || !before.matches("[data-grid-page]")) return;
+  var tiles = Array.from(before.children);
+  var top = tiles[tiles.length - 1].getBoundingClientRect().top;
+  var lastRow = [];
+  for (var i = tiles.length - 1; i >= 0 && Math.abs(tiles[i].getBoundingClientRect().top - top) < 2; i--) {
+    lastRow.unshift(tiles[i]);
+  }
+  var focused = document.activeElement;
+  block.prepend.apply(block, lastRow);
+  if (!before.children.length) before.remove();
+  if (focused && block.contains(focused)) focused.focus({ preventScroll: true });
+});

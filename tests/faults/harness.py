@@ -27,7 +27,7 @@ from celery import Celery
 from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models import Count
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from apisim.paint import paint
 from gallery.models import Generation, Image, Rendition
@@ -438,6 +438,7 @@ def stored_objects(ids) -> dict[str, str]:
     return found
 
 
+@translation.override("en")  # the job cards' words are checked in English, whatever a request left active
 def audit(batch: Batch, sim, figures: Figures, *, restored_at: datetime | None, allowed_excess: int,
           expected_bad: dict | None = None, finished_in_time: bool = True,
           done_within: float | None = None) -> Figures:
@@ -458,7 +459,7 @@ def audit(batch: Batch, sim, figures: Figures, *, restored_at: datetime | None, 
     figures.partial = statuses[Generation.Status.PARTIAL]
     figures.failed = statuses[Generation.Status.FAILED]
     figures.not_finished = sum(not job.is_finished for job in jobs.values())
-    figures.failed_why = dict(Counter(f"{job.status} {job.error_code}: {job.error_message[:120]}"
+    figures.failed_why = dict(Counter(f"{job.status} {job.error_code}: {job.error_text[:120]}"
                                       for job in jobs.values()
                                       if job.status in (Generation.Status.PARTIAL, Generation.Status.FAILED)))
     figures.allowed_excess = allowed_excess
@@ -466,9 +467,9 @@ def audit(batch: Batch, sim, figures: Figures, *, restored_at: datetime | None, 
 
     # every job in a terminal state
     if not finished_in_time or figures.not_finished:
-        stuck = [f"{job.prompt[:14]} {job.status} detail={job.status_detail!r} call_in_flight={job.call_in_flight} "
+        stuck = [f"{job.prompt[:14]} {job.status} detail={job.detail_text!r} call_in_flight={job.call_in_flight} "
                  f"attempts={job.attempts} retries={job.retries} lease_until={job.lease_until:%H:%M:%S}"
-                 if job.lease_until else f"{job.prompt[:14]} {job.status} detail={job.status_detail!r}"
+                 if job.lease_until else f"{job.prompt[:14]} {job.status} detail={job.detail_text!r}"
                  for job in jobs.values() if not job.is_finished]
         problems.append(f"{len(stuck)} jobs not finished in time: {stuck[:8]}")
 
@@ -476,11 +477,11 @@ def audit(batch: Batch, sim, figures: Figures, *, restored_at: datetime | None, 
     for pk, job in jobs.items():
         if pk in expected_bad:
             if job.status not in (Generation.Status.PARTIAL, Generation.Status.FAILED) or not any(
-                    word.lower() in job.error_message.lower() for word in expected_bad[pk]):
-                problems.append(f"{job.prompt[:14]} {job.status} {job.error_code}: {job.error_message!r} "
+                    word.lower() in job.error_text.lower() for word in expected_bad[pk]):
+                problems.append(f"{job.prompt[:14]} {job.status} {job.error_code}: {job.error_text!r} "
                                 f"(expected partial/failed saying one of {expected_bad[pk]})")
         elif job.is_finished and job.status != Generation.Status.SUCCEEDED:
-            problems.append(f"{job.prompt[:14]} ended {job.status} {job.error_code}: {job.error_message!r} "
+            problems.append(f"{job.prompt[:14]} ended {job.status} {job.error_code}: {job.error_text!r} "
                             "for a fault that went away")
 
     # every image row names a stored original with its SHA-256; S3 holds exactly the objects the rows name
@@ -535,7 +536,7 @@ def audit(batch: Batch, sim, figures: Figures, *, restored_at: datetime | None, 
             problems.append(f"{job.prompt[:14]} stored {stored_per_job[pk]} images but the ledger bills only "
                             f"{billed_per_prompt[job.prompt]}")
         shows_it = job.unconfirmed_calls > 0 or (
-            job.status in (Generation.Status.PARTIAL, Generation.Status.FAILED) and job.error_message)
+            job.status in (Generation.Status.PARTIAL, Generation.Status.FAILED) and job.error_text)
         if excess > 0 and not shows_it:
             problems.append(f"{job.prompt[:14]} ({job.status}) was billed {billed_per_prompt[job.prompt]} images, "
                             f"stored {stored_per_job[pk]}, and shows nothing (unconfirmed_calls=0)")

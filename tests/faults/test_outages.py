@@ -47,7 +47,7 @@ def test_s3_down_for_30_seconds_mid_batch_loses_nothing_and_pays_once(stack, sim
         waited_for_storage = set()
         back_at = time.monotonic() + S3_DOWN_SECONDS
         while time.monotonic() < back_at:
-            waited_for_storage |= set(batch.jobs().filter(status_detail__icontains="storage")
+            waited_for_storage |= set(batch.jobs().filter(detail_code="waiting_for_storage")
                                       .values_list("pk", flat=True))
             time.sleep(0.5)
     finally:

@@ -82,7 +82,7 @@ def test_slow_cut_truncated_and_expired_answers_cost_only_what_they_hit(stack, s
     for job in batch.jobs().filter(pk__in=slow + cut):
         if (job.status, job.unconfirmed_calls) != (Generation.Status.SUCCEEDED, 1):
             figures.problems.append(f"{job.prompt[:14]} (answer slow or cut once) ended {job.status} with "
-                                    f"unconfirmed_calls={job.unconfirmed_calls}: {job.error_message!r}")
+                                    f"unconfirmed_calls={job.unconfirmed_calls}: {job.error_text!r}")
     for job in batch.jobs().filter(pk__in=truncated):
         kept = list(job.images.values_list("index", flat=True))
         if kept != [0]:
