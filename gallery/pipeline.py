@@ -439,7 +439,9 @@ def make_renditions(generation_id, index: int, picture: PIL.Image.Image, uploads
     """Make the WebP thumbnails: each size is scaled from the one above it (on two threads), and
     encoded and uploaded beside the next scaling. Their uploads join `uploads`; returns each
     rendition's row values."""
-    picture = picture.convert("RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB")
+    mode = "RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB"
+    if picture.mode != mode:  # converting to its own mode would only copy it
+        picture = picture.convert(mode)
     encodes = []
     for spec, edge in sorted(RENDITION_EDGES.items(), key=lambda item: -item[1]):
         picture = imaging.scaled(picture, edge, _encodes)
