@@ -42,6 +42,7 @@ def scaled(picture: PIL.Image.Image, edge: int, helper: Executor) -> PIL.Image.I
     size = fitted(picture.size, edge)
     if size == picture.size:
         return picture
+    picture.load()  # here, once: an image file still to be decoded must not be loaded by both threads
     width, height = size
     # As Image.resize does with a reducing gap: first a box reduction by a whole factor, then LANCZOS
     # over the reduced image's region that stands for the whole original.

@@ -59,3 +59,11 @@ def test_other_shapes_differ_by_rounding_at_most(size):
 def test_a_picture_within_the_edge_is_left_as_it_is():
     picture = PIL.Image.new("RGB", (300, 200), "teal")
     assert scaled(picture, 512, helper) is picture
+
+
+def test_an_image_file_not_yet_decoded_is_scaled_whole():
+    data = paint("a lighthouse at dusk", 3, 1328, 1328)
+    expected = thumbnail(PIL.Image.open(io.BytesIO(data)), 512)
+    for _ in range(20):  # both halves start at once; each must find the file decoded
+        with PIL.Image.open(io.BytesIO(data)) as opened:
+            assert PIL.ImageChops.difference(scaled(opened, 512, helper), expected).getbbox() is None
