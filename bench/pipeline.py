@@ -111,14 +111,17 @@ def setup_django(stack: ExitStack, storage_mode: str, workdir: Path) -> None:
 
 def floor_ms(png: bytes) -> float:
     """Pillow alone, in one thread: decode the PNG and make both WebP renditions with the
-    pipeline's settings (largest first, each scaled from the one above)."""
+    pipeline's settings (largest first, each scaled from the one above). Like the pipeline, it
+    converts only an image that is not RGB already: a copy that is not needed is not the floor."""
     import PIL.Image
 
     from gallery.pipeline import RENDITION_EDGES
 
     started = time.perf_counter()
     with PIL.Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
-        picture = picture.convert("RGB")
+        picture.load()
+        if picture.mode != "RGB":
+            picture = picture.convert("RGB")
         for edge in sorted(RENDITION_EDGES.values(), reverse=True):
             picture.thumbnail((edge, edge), PIL.Image.Resampling.LANCZOS, reducing_gap=2.0)
             picture.save(io.BytesIO(), "WEBP", quality=82, method=4)
