@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -419,20 +419,33 @@ def store_files(generation_id, index: int, seed: int, result: Result) -> Stored:
     """Download and check one image, encode its thumbnails and start every upload. Touches no database.
 
     The original and each rendition go up side by side, so a slow storage costs one request's
-    latency per image, not three; the uploads run on while save_rows writes the rows."""
+    latency per image, not three; the uploads run on while save_rows writes the rows. The original
+    goes up while it decodes, on the core the decoding leaves free; if it proves damaged, it is taken
+    back out of storage."""
     data = client.fetch_result(result)
     key = storage.original_key(generation_id, index)
+    uploads = [_uploads.submit(storage.put, key, data)]
     digest = hashlib.sha256(data).hexdigest()
     try:
         picture = PIL.Image.open(io.BytesIO(data), formats=["PNG"])
-        picture.load()  # the whole image decodes before anything is stored: no orphan files
+        picture.load()  # the whole image decodes before its row can be written
     except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError):
+        take_back(key, uploads[0])
         raise DownloadError("damaged", retryable=False) from None
     with picture:
-        uploads = [_uploads.submit(storage.put, key, data)]
         width, height = picture.size
         renditions = make_renditions(generation_id, index, picture, uploads)
     return Stored(index, result, seed, key, width, height, len(data), digest, renditions, uploads)
+
+
+def take_back(key: str, upload) -> None:
+    """Remove the file stored for an image that gets no row, once its upload is over. If storage
+    can't remove it now, it stays, unseen: no row points at it."""
+    try:
+        upload.result()
+        storage.delete([key])
+    except storage.StorageError as error:
+        logger.warning("step=take-back key=%s error=%s", key, error)
 
 
 def make_renditions(generation_id, index: int, picture: PIL.Image.Image, uploads: list) -> list:
@@ -442,13 +455,14 @@ def make_renditions(generation_id, index: int, picture: PIL.Image.Image, uploads
     mode = "RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB"
     if picture.mode != mode:  # converting to its own mode would only copy it
         picture = picture.convert(mode)
-    encodes = []
+    encodes = {}
     for spec, edge in sorted(RENDITION_EDGES.items(), key=lambda item: -item[1]):
         picture = imaging.scaled(picture, edge, _encodes)
         key = storage.rendition_key(generation_id, index, spec)
-        encodes.append((spec, key, picture.size, _encodes.submit(imaging.encode_webp, picture)))
+        encodes[_encodes.submit(imaging.encode_webp, picture)] = (spec, key, picture.size)
     made = []
-    for spec, key, (width, height), encode in encodes:
+    for encode in as_completed(encodes):  # the smaller one, finished first, goes up first
+        spec, key, (width, height) = encodes[encode]
         data = encode.result()
         uploads.append(_uploads.submit(storage.put, key, data))
         made.append((spec, key, width, height, len(data)))
