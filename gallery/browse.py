@@ -3,44 +3,47 @@
 Newest-first pages continue after the last (created, id) seen, so an image
 that arrives between two pages can neither repeat nor push one out.
 
+"Most relevant" goes through every match, tier by tier (search.Query.tiers):
+the terms in the prompt before the prompt or revised prompt before anywhere,
+whole Chinese words before scattered character pairs; newest first within a
+tier. Each tier is searched as a newest-first search is, with a GIN index of
+its own, and pages continue after the last (tier, created, id).
+
 PostgreSQL misjudges how many rows a search of several lexemes matches (it
 takes them as independent; 青花 and 花瓷 never are), and then either walks the
 whole table newest-first for a query that matches nothing or sorts tens of
 thousands of matches. So a search looks first among the newest WINDOW rows,
-where common words fill a page, and only then asks the GIN index for all
-matches. Relevance ranks the CANDIDATES newest matches (fewer when the
-window already holds a page of them) and pages on (rank, created, id);
-bench/RESULTS.md has the figures at 1M images.
+where common words fill a page, and only then asks the index for all
+matches. bench/RESULTS.md has the figures at 1M generations.
 """
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from django.contrib.postgres.search import SearchRank
 from django.db import connection
-from django.db.models import F, FloatField, Q
-from django.db.models.functions import Cast
+from django.db.models import BooleanField
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from gallery.models import Image, ImageQuerySet
-from gallery.search import Query
+from gallery.search import FIELDS, Query
 
 PAGE_SIZE = 30
+MAX_TIERS = 2 * len(FIELDS)
 WINDOW = 10_000
-CANDIDATES = 200
+SAMPLE = 6 * PAGE_SIZE
 
 
 @dataclass(frozen=True)
 class Cursor:
     created: datetime
     id: int
-    rank: float | None = None
+    tier: int | None = None  # of a search by relevance (search.Query.tiers)
 
     def encode(self) -> str:
-        text = f"{self.created.isoformat()}|{self.id}|{'' if self.rank is None else repr(self.rank)}"
+        text = f"{self.created.isoformat()}|{self.id}|{'' if self.tier is None else self.tier}"
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     @classmethod
@@ -48,12 +51,12 @@ class Cursor:
         """The cursor in token, or None for anything that isn't one of ours."""
         try:
             text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-            created, pk, rank = text.split("|")
-            cursor = cls(datetime.fromisoformat(created), int(pk), float(rank) if rank else None)
+            created, pk, tier = text.split("|")
+            cursor = cls(datetime.fromisoformat(created), int(pk), int(tier) if tier else None)
         except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
             return None
         sane = (cursor.created.tzinfo is not None and 1900 <= cursor.created.year <= 9998
-                and 0 < cursor.id < 2**63 and (cursor.rank is None or math.isfinite(cursor.rank)))
+                and 0 < cursor.id < 2**63 and (cursor.tier is None or 0 <= cursor.tier < MAX_TIERS))
         return cursor if sane else None
 
 
@@ -74,7 +77,7 @@ def filtered(user, filters: dict) -> ImageQuerySet:
     if filters.get("favourites"):
         images = images.filter(favourites__user=user)
     if filters.get("collection"):
-        images = images.filter(collection_items__collection=filters["collection"])
+        images = images.in_collection(filters["collection"])
     zone = timezone.get_current_timezone()
     if filters.get("since"):
         images = images.filter(created__gte=datetime.combine(filters["since"], time.min, zone))
@@ -91,24 +94,30 @@ def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
         images = images.before(cursor.created, cursor.id)
     if query.is_empty:
         return _page(list(_for_tiles(images.newest_first())[: PAGE_SIZE + 1]))
-    return _page(_in_order(matching_ids(images, query, PAGE_SIZE + 1)))
+    return _page(_in_order(matching_ids(images, _Match(query), PAGE_SIZE + 1)))
 
 
-def matching_ids(images, query: Query, limit: int, enough: int | None = None) -> list[int]:
-    """Ids of the newest matches, newest first: up to `limit`, and from the window alone if it has `enough`."""
-    match_sql, match_params = _compiled(images, query.tsquery())
-    window_sql, window_params = images.newest_first().values("id", "created", "search")[:WINDOW].query.sql_with_params()
+def matching_ids(images, match: "_Match", limit: int) -> list[int]:
+    """Ids of the newest images that `match` finds, newest first, up to `limit`."""
+    window_sql, window_params = _window(images)
+    match_sql, match_params = match.sql("w.search")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT w.id FROM ({window_sql}) w WHERE w.search @@ {match_sql} "
-            "ORDER BY w.created DESC, w.id DESC LIMIT %s",
+            f"SELECT w.id FROM ({window_sql}) w WHERE {match_sql} ORDER BY w.created DESC, w.id DESC LIMIT %s",
             [*window_params, *match_params, limit],
         )
         ids = [row[0] for row in cursor.fetchall()]
-        if len(ids) >= (enough or limit):
-            return ids
-        # Rare in the newest rows: let the GIN index find every match, then take the newest.
-        all_sql, all_params = images.filter(search=query.tsquery()).values("id", "created").query.sql_with_params()
+    return ids if len(ids) >= limit else _indexed_ids(images, match, limit)
+
+
+def _window(images) -> tuple[str, list]:
+    return images.newest_first().values("id", "created", "search")[:WINDOW].query.sql_with_params()
+
+
+def _indexed_ids(images, match: "_Match", limit: int) -> list[int]:
+    """Rare in the newest rows: the GIN indexes find every match, and the newest are taken."""
+    all_sql, all_params = match.among(images).values("id", "created").query.sql_with_params()
+    with connection.cursor() as cursor:
         cursor.execute(
             f"WITH m AS MATERIALIZED ({all_sql}) SELECT id FROM m ORDER BY created DESC, id DESC LIMIT %s",
             [*all_params, limit],
@@ -116,22 +125,64 @@ def matching_ids(images, query: Query, limit: int, enough: int | None = None) ->
         return [row[0] for row in cursor.fetchall()]
 
 
+@dataclass(frozen=True)
+class _Match:
+    """Images whose search vector matches `query` (every term, anywhere). With `tier`, those that match in
+    that tier's way (search.Query.tiers) and in no better tier's; with `onwards` too, those in that tier
+    or a worse one."""
+
+    query: Query
+    tier: int | None = None
+    onwards: bool = False
+
+    def sql(self, column: str) -> tuple[str, list]:
+        tsquery, params = self.query.tsquery_sql()
+        plain = (f"{column} @@ ({tsquery})", params)
+        if self.tier is None:
+            return plain
+        *better, this = [tier.sql(column) for tier in self.query.tiers()[: self.tier + 1]]
+        if self.onwards:
+            this = plain
+        if not better:
+            return this
+        return (f"{this[0]} AND NOT coalesce({' OR '.join(sql for sql, _ in better)}, false)",
+                [*this[1], *(param for _, params in better for param in params)])
+
+    def among(self, images) -> ImageQuerySet:
+        return images.filter(RawSQL(*self.sql(f'"{Image._meta.db_table}"."search"'), output_field=BooleanField()))
+
+
+def _tier_sql(query: Query, column: str) -> tuple[str, list]:
+    """Which tier a match is in (the last when none before it: every match is in that one)."""
+    *cases, _ = [tier.sql(column) for tier in query.tiers()]
+    whens = " ".join(f"WHEN {condition} THEN {number}" for number, (condition, _) in enumerate(cases))
+    return f"CASE {whens} ELSE {len(cases)} END", [param for _, params in cases for param in params]
+
+
 def neighbours(user, filters: dict, query: Query, image: Image) -> tuple[Image | None, Image | None]:
     """The images just before and after `image` in the gallery's order for these filters and search: the
     Previous and Next of its page. Newest first, or best first when the gallery ranks the search."""
-    images = filtered(user, filters)
-    if _by_relevance(filters, query):
-        ranked = _ranked(images, query)
-        rank = ranked.filter(pk=image.pk).values_list("rank", flat=True).first()
-        if rank is not None:
-            here = Cursor(image.created, image.pk, rank)
-            return (ranked.filter(_better(here)).order_by("rank", "created", "id").only("id").first(),
-                    ranked.filter(_worse(here)).only("id").first())
-        # Not among the ranked matches (opened from elsewhere): step through the matches by date.
-    if not query.is_empty:
-        images = images.filter(search=query.tsquery())
-    return (images.after(image.created, image.pk).order_by("created", "id").only("id").first(),
-            images.before(image.created, image.pk).newest_first().only("id").first())
+    images = filtered(user, filters).only("id")
+    tier = _tier_of(image, query) if _by_relevance(filters, query) else None
+    if tier is None:  # newest first, or not a match (opened from elsewhere): step through the matches by date
+        if not query.is_empty:
+            images = _Match(query).among(images)
+        return (images.after(image.created, image.pk).order_by("created", "id").first(),
+                images.before(image.created, image.pk).newest_first().first())
+    tiers = range(len(query.tiers()))
+    previous = _Match(query, tier).among(images).after(image.created, image.pk).order_by("created", "id").first()
+    for better in reversed(tiers[:tier]):
+        previous = previous or _Match(query, better).among(images).order_by("created", "id").first()
+    following = _Match(query, tier).among(images).before(image.created, image.pk).newest_first().first()
+    for worse in tiers[tier + 1:]:
+        following = following or _Match(query, worse).among(images).newest_first().first()
+    return previous, following
+
+
+def _tier_of(image: Image, query: Query) -> int | None:
+    """Which tier of the query's matches image is in; None when it doesn't match."""
+    tier = RawSQL(*_tier_sql(query, f'"{Image._meta.db_table}"."search"'))
+    return _Match(query).among(Image.objects.filter(pk=image.pk)).values_list(tier, flat=True).first()
 
 
 def _by_relevance(filters: dict, query: Query) -> bool:
@@ -139,31 +190,69 @@ def _by_relevance(filters: dict, query: Query) -> bool:
 
 
 def _relevant(images, query: Query, cursor: Cursor | None) -> Page:
-    ranked = _ranked(images, query)
-    if cursor and cursor.rank is not None:
-        ranked = ranked.filter(_worse(cursor))
-    return _page(list(_for_tiles(ranked)[: PAGE_SIZE + 1]))
+    """Best first: every match of the best tier, newest first, then every match of the next, and so on."""
+    found: list[tuple[int, int]] = []  # (tier, id)
+    first = 0
+    if cursor and cursor.tier is not None:
+        if cursor.tier >= len(query.tiers()):
+            return Page([], None)  # another query's cursor, past this one's last tier
+        first = cursor.tier
+        found = [(first, pk) for pk in
+                 matching_ids(images.before(cursor.created, cursor.id), _Match(query, first), PAGE_SIZE + 1)]
+        first += 1
+    if len(found) <= PAGE_SIZE and first < len(query.tiers()):
+        found += _best(images, query, first, PAGE_SIZE + 1 - len(found))
+    tiers = {pk: tier for tier, pk in found}
+    shown = _in_order([pk for _, pk in found])
+    for image in shown:
+        image.tier = tiers[image.pk]
+    return _page(shown)
 
 
-def _ranked(images, query: Query) -> ImageQuerySet:
-    """The newest matches, best first: the order of a search sorted by relevance."""
-    candidates = matching_ids(images, query, CANDIDATES, enough=PAGE_SIZE + 1)
-    # ts_rank is a float4, which comes back as its shortest decimal and so never equals itself again: in
-    # double precision a rank read from one query matches the same rank in the next (cursors, neighbours).
-    return (Image.objects.filter(id__in=candidates)
-            .annotate(rank=Cast(SearchRank(F("search"), query.rank_tsquery()), FloatField()))
-            .order_by("-rank", "-created", "-id"))
+def _best(images, query: Query, first: int, need: int) -> list[tuple[int, int]]:
+    """The `need` best (tier, id) matches in the tiers from `first` on: the newest of the best tier, then
+    of the next. The newest WINDOW images answer for each tier that has enough matches among them; the
+    tier's index answers for the others."""
+    window = _window_tiers(images, query, first, need)
+    if not window and not _indexed_ids(images, _Match(query, first, onwards=True), 1):
+        return []  # nothing among the newest, and the index knows of nothing older
+    found: list[tuple[int, int]] = []
+    for tier in range(first, len(query.tiers())):
+        wanted = need - len(found)
+        ids = window.get(tier, [])
+        if len(ids) < wanted:
+            ids = _indexed_ids(images, _Match(query, tier), wanted)
+        found += [(tier, pk) for pk in ids[:wanted]]
+        if len(found) >= need:
+            break
+    return found
 
 
-def _worse(cursor: Cursor) -> Q:
-    """What comes after cursor in best-first order."""
-    return (Q(rank__lt=cursor.rank) | Q(rank=cursor.rank, created__lt=cursor.created)
-            | Q(rank=cursor.rank, created=cursor.created, id__lt=cursor.id))
+def _window_tiers(images, query: Query, first: int, need: int) -> dict[int, list[int]]:
+    """The newest `need` matches of each tier from `first` on among the newest WINDOW images, newest first.
 
-
-def _better(cursor: Cursor) -> Q:
-    return (Q(rank__gt=cursor.rank) | Q(rank=cursor.rank, created__gt=cursor.created)
-            | Q(rank=cursor.rank, created=cursor.created, id__gt=cursor.id))
+    A first look reads the newest SAMPLE matches only: a common word fills the page from its best tier
+    there. Else every match in the window is classed, keeping the newest `need` of each tier."""
+    window_sql, window_params = _window(images)
+    match_sql, match_params = _Match(query, first, onwards=True).sql("w.search")
+    tier_sql, tier_params = _tier_sql(query, "w.search")
+    classed = (f"SELECT w.id, w.created, {tier_sql} AS tier FROM ({window_sql}) w WHERE {match_sql}",
+               [*tier_params, *window_params, *match_params])
+    with connection.cursor() as cursor:
+        cursor.execute(f"{classed[0]} ORDER BY w.created DESC, w.id DESC LIMIT %s", [*classed[1], SAMPLE])
+        rows = cursor.fetchall()
+        if len(rows) == SAMPLE and sum(tier == first for _, _, tier in rows) < need:
+            cursor.execute(
+                "SELECT id, created, tier FROM (SELECT c.*, row_number() OVER (PARTITION BY tier "
+                f"ORDER BY created DESC, id DESC) AS n FROM ({classed[0]}) c) r WHERE n <= %s "
+                "ORDER BY created DESC, id DESC",
+                [*classed[1], need],
+            )
+            rows = cursor.fetchall()
+    tiers: dict[int, list[int]] = {}
+    for pk, _, tier in rows:
+        tiers.setdefault(tier, []).append(pk)
+    return tiers
 
 
 def _page(found: list[Image]) -> Page:
@@ -172,17 +261,12 @@ def _page(found: list[Image]) -> Page:
     if not more:
         return Page(found, None)
     last = found[-1]
-    return Page(found, Cursor(last.created, last.pk, getattr(last, "rank", None)).encode())
+    return Page(found, Cursor(last.created, last.pk, getattr(last, "tier", None)).encode())
 
 
 def _in_order(ids: list[int]) -> list[Image]:
     by_id = {image.pk: image for image in _for_tiles(Image.objects.filter(id__in=ids))}
     return [by_id[pk] for pk in ids if pk in by_id]
-
-
-def _compiled(images, expression) -> tuple[str, list]:
-    query = images.query
-    return query.get_compiler(connection=connection).compile(expression.resolve_expression(query))
 
 
 def _for_tiles(images):

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import connection, models, transaction
-from django.db.models import Count, F, Min, OuterRef, Q, Subquery
+from django.db.models import Count, F, Func, Min, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -348,16 +348,40 @@ class Generation(models.Model):
 
 
 class ImageQuerySet(models.QuerySet):
+    def in_collection(self, collection) -> "ImageQuerySet":
+        """The collection's images, carrying their item's copy of (created, id) to page by: newest_first,
+        before and after then read the item table's index (collection_item_newest), not every image."""
+        return self.filter(collection_items__collection=collection).annotate(
+            page_created=F("collection_items__image_created"), page_id=F("collection_items__image_id"))
+
+    def _page_keys(self) -> tuple[str, str]:
+        return ("page_created", "page_id") if "page_created" in self.query.annotations else ("created", "id")
+
     def newest_first(self) -> "ImageQuerySet":
-        return self.order_by("-created", "-id")
+        created, pk = self._page_keys()
+        return self.order_by(f"-{created}", f"-{pk}")
 
     def before(self, created, pk) -> "ImageQuerySet":
         """The keyset page after (created, pk) in newest-first order."""
         # The plain bound lets PostgreSQL start the index scan there instead of at the newest row.
-        return self.filter(Q(created__lt=created) | Q(created=created, id__lt=pk), created__lte=created)
+        at, key = self._page_keys()
+        older = Q(**{f"{at}__lt": created}) | Q(**{at: created, f"{key}__lt": pk})
+        return self.filter(older, **{f"{at}__lte": created})
 
     def after(self, created, pk) -> "ImageQuerySet":
-        return self.filter(Q(created__gt=created) | Q(created=created, id__gt=pk), created__gte=created)
+        at, key = self._page_keys()
+        newer = Q(**{f"{at}__gt": created}) | Q(**{at: created, f"{key}__gt": pk})
+        return self.filter(newer, **{f"{at}__gte": created})
+
+
+class TsFilter(Func):
+    """ts_filter(search, weights): the lexemes of Image.search with one of `weights` ('{a}', '{a,b}')."""
+
+    function = "ts_filter"
+    output_field = SearchVectorField()
+
+    def __init__(self, weights: str):
+        super().__init__(F("search"), Value(weights))
 
 
 class Image(models.Model):
@@ -393,6 +417,10 @@ class Image(models.Model):
             models.Index(F("created").desc(), F("id").desc(), name="image_newest"),
             models.Index(F("owner"), F("created").desc(), F("id").desc(), name="image_owner_newest"),
             models.Index(F("model"), F("created").desc(), F("id").desc(), name="image_model_newest"),
+            # One per tier of a search by relevance (search.FIELDS): the prompt, the prompt or revised
+            # prompt, anywhere. A word found only elsewhere is not in the first two at all.
+            GinIndex(TsFilter("{a}"), name="image_search_prompt"),
+            GinIndex(TsFilter("{a,b}"), name="image_search_main"),
             GinIndex(fields=["search"], name="image_search"),
         ]
 
@@ -510,12 +538,13 @@ class Collection(models.Model):
             # The lock keeps two adds from taking the same positions.
             Collection.objects.select_for_update().filter(pk=self.pk).first()
             present = set(self.items.values_list("image_id", flat=True))
-            existing = set(Image.objects.filter(pk__in=image_ids).values_list("pk", flat=True))
-            new = [pk for pk in dict.fromkeys(image_ids) if pk in existing and pk not in present]
+            created = dict(Image.objects.filter(pk__in=image_ids).values_list("pk", "created"))
+            new = [pk for pk in dict.fromkeys(image_ids) if pk in created and pk not in present]
             last = self.items.aggregate(last=models.Max("position"))["last"]
             start = 0 if last is None else last + 1
             CollectionItem.objects.bulk_create(
-                [CollectionItem(collection=self, image_id=pk, position=start + i) for i, pk in enumerate(new)],
+                [CollectionItem(collection=self, image_id=pk, image_created=created[pk], position=start + i)
+                 for i, pk in enumerate(new)],
                 ignore_conflicts=True)
             self.save(update_fields=["updated"])
         return len(new)
@@ -554,11 +583,17 @@ class CollectionItem(models.Model):
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="collection_items")
     position = models.PositiveIntegerField()
     added = models.DateTimeField(default=timezone.now)
+    # The image's own `created`, which never changes: the gallery filtered to a collection pages newest
+    # first through this table's index alone, whatever the collection's size (gallery.browse).
+    image_created = models.DateTimeField()
 
     class Meta:
         ordering = ["position", "id"]
         constraints = [models.UniqueConstraint(fields=["collection", "image"], name="collection_item_once")]
-        indexes = [models.Index(fields=["collection", "position"], name="collection_item_position")]
+        indexes = [
+            models.Index(fields=["collection", "position"], name="collection_item_position"),
+            models.Index(F("collection"), F("image_created").desc(), F("image").desc(), name="collection_item_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.collection_id}#{self.position}: {self.image_id}"

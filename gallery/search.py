@@ -3,11 +3,16 @@
 PostgreSQL's parsers don't segment Chinese, so the studio builds its own
 tsvector: Latin text goes through the `english` configuration (stemmed), and
 each run of Chinese characters becomes lexemes of single characters, character
-pairs and jieba's search-mode words, taken verbatim with array_to_tsvector. A
-query is cut the same way: a Chinese word matches through its character pairs,
-so 草地 finds 一只小猫在草地上奔跑 whatever jieba makes of the sentence.
+pairs and jieba's search-mode words, each at the character where it starts, so
+that weights and nearness count for Chinese as they do for English. A query is
+cut the same way: a Chinese word matches through its character pairs, so 草地
+finds 一只小猫在草地上奔跑 whatever jieba makes of the sentence.
+
+The prompt is weighted A, the provider's revised prompt B and the negative
+prompt C; "Most relevant" ranks every match by where its terms are (Tier).
 """
 
+import functools
 import html
 import operator
 import re
@@ -34,31 +39,53 @@ def latin_text(text: str) -> str:
     return CJK_RUN.sub(" ", text)
 
 
-def cjk_lexemes(text: str) -> list[str]:
-    """Characters, character pairs and jieba words of every Chinese run in text."""
-    lexemes: set[str] = set()
-    for run in cjk_runs(text):
-        lexemes.update(run)
-        lexemes.update(run[i:i + 2] for i in range(len(run) - 1))
-        lexemes.update(word for word in jieba.cut_for_search(run) if len(word) > 2)
-    return sorted(lexemes)
+# tsvector keeps positions up to 16383, and at most 256 of them per lexeme.
+MAX_POSITION = 16383
+MAX_POSITIONS = 256
+
+
+@functools.lru_cache(maxsize=8192)
+def _run_lexemes(run: str) -> tuple[tuple[str, int], ...]:
+    """(lexeme, offset in run) for each character, pair and longer jieba word of a Chinese run."""
+    found = [(char, offset) for offset, char in enumerate(run)]
+    found += [(run[offset:offset + 2], offset) for offset in range(len(run) - 1)]
+    found += [(word, start) for word, start, _ in jieba.tokenize(run, mode="search") if len(word) > 2]
+    return tuple(found)
+
+
+def cjk_positions(text: str) -> dict[str, list[int]]:
+    """Every Chinese lexeme of text with the 1-based character positions where it starts."""
+    positions: dict[str, list[int]] = {}
+    for match in CJK_RUN.finditer(text):
+        for lexeme, offset in _run_lexemes(match.group()):
+            positions.setdefault(lexeme, []).append(min(match.start() + offset + 1, MAX_POSITION))
+    return positions
+
+
+def cjk_vector(text: str) -> str:
+    """cjk_positions in tsvector's text form ('草地':6 '草':6,9 ...), to cast with ::tsvector. Chinese
+    characters need no quoting inside the quotes."""
+    return " ".join(f"'{lexeme}':{','.join(map(str, sorted(set(places))[:MAX_POSITIONS]))}"
+                    for lexeme, places in sorted(cjk_positions(text).items()))
 
 
 def document_sql(prompt: tuple[str, str], revised: tuple[str, str], negative: tuple[str, str]) -> str:
-    """The tsvector expression over (Latin text, Chinese lexemes) SQL pairs: prompt A, revised B, negative C."""
+    """The tsvector expression over (Latin text, cjk_vector text) SQL pairs: prompt A, revised B, negative C.
+    English comes as stems and as pairs of stems side by side (studio_bigrams, migration 0006)."""
     return " || ".join(
         f"setweight(to_tsvector('english', {latin}), '{weight}')"
-        f" || setweight(array_to_tsvector({cjk}), '{weight}')"
+        f" || setweight(studio_bigrams(to_tsvector('english', {latin})), '{weight}')"
+        f" || setweight(({cjk})::tsvector, '{weight}')"
         for (latin, cjk), weight in ((prompt, "A"), (revised, "B"), (negative, "C"))
     )
 
 
 def document(prompt: str, revised_prompt: str, negative_prompt: str) -> RawSQL:
     """The tsvector of an image, to store in Image.search."""
-    placeholders = ("%s", "%s::text[]")
+    placeholders = ("%s", "%s")
     params = []
     for text in (prompt, revised_prompt, negative_prompt):
-        params += [latin_text(text), cjk_lexemes(text)]
+        params += [latin_text(text)] * 2 + [cjk_vector(text)]  # the Latin text goes in twice
     return RawSQL(document_sql(placeholders, placeholders, placeholders), params)
 
 
@@ -82,13 +109,33 @@ class Query:
             parts.append(SearchQuery(cjk, config="simple", search_type="raw"))
         return reduce(operator.and_, parts)
 
-    def rank_tsquery(self) -> SearchQuery:
-        """The match query, or-ed with jieba's words, so that a whole word outranks scattered pairs."""
-        words = sorted({word for term in self.cjk_terms for word in jieba.cut_for_search(term) if len(word) > 1})
-        if not words:
-            return self.tsquery()
-        return self.tsquery() | SearchQuery(" | ".join(f"'{word}'" for word in words), config="simple",
-                                            search_type="raw")
+    def tiers(self) -> list["Tier"]:
+        """The kinds of match, best first: by where the terms are (see FIELDS), and within that English
+        words as the phrase typed and Chinese terms as whole words before scattered words and pairs."""
+        phrase = len(LATIN_WORD.findall(self.latin)) > 1 or any(self._words(term) for term in self.cjk_terms)
+        kinds = (True, False) if phrase else (False,)
+        return [Tier(self, weights, words) for weights in FIELDS for words in kinds]
+
+    def tsquery_sql(self, words: bool = False) -> tuple[str, list]:
+        """tsquery() as SQL and its parameters; with `words`, the English words as a phrase, and each
+        Chinese term's longer jieba words (whole words in the studio's vectors) there too."""
+        parts, params = [], []
+        if LATIN_WORD.search(self.latin):
+            parts.append("plainto_tsquery('english'::regconfig, %s)")
+            params.append(self.latin)
+        if words and len(LATIN_WORD.findall(self.latin)) > 1:
+            parts.append("studio_phrase(%s)")  # NULL, matching nothing, when no two are side by side
+            params.append(self.latin)
+        if self.cjk_terms:
+            terms = [" & ".join([_cjk_term(term), *(f"'{word}'" for word in self._words(term))]) if words
+                     else _cjk_term(term) for term in self.cjk_terms]
+            parts.append("to_tsquery('simple'::regconfig, %s)")
+            params.append(" & ".join(f"({term})" for term in terms))
+        return " && ".join(parts), params
+
+    @staticmethod
+    def _words(term: str) -> list[str]:
+        return [word for word in jieba.cut(term) if len(word) > 2]
 
     def highlight(self, text: str) -> SafeString:
         """text, escaped, with the words this query matched wrapped in <mark>."""
@@ -105,6 +152,27 @@ class Query:
             last = match.end()
         pieces.append(html.escape(text[last:]))
         return mark_safe("".join(pieces))
+
+
+# Where a match counts most, best first: the prompt (weight A), the prompt or the revised prompt
+# (A and B), anywhere (the negative prompt too). Each has a GIN index of its own (gallery.models).
+FIELDS = ("{a}", "{a,b}", None)
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One kind of match of a query: its terms all within `weights` (every weight when None), as whole
+    Chinese words or not."""
+
+    query: Query
+    weights: str | None
+    words: bool
+
+    def sql(self, column: str) -> tuple[str, list]:
+        """The condition that a row's search vector in `column` matches this way, and its parameters."""
+        vector = f"ts_filter({column}, '{self.weights}')" if self.weights else column
+        tsquery, params = self.query.tsquery_sql(self.words)
+        return f"{vector} @@ ({tsquery})", params
 
 
 def parse(text: str) -> Query:

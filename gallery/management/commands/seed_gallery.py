@@ -8,7 +8,6 @@ import hashlib
 import random
 import uuid
 from datetime import timedelta
-from functools import cache
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -69,16 +68,6 @@ def revise(rng: random.Random, prompt: str) -> str:
     return f"{prompt}, {rng.choice(EXTENSIONS_EN)}"
 
 
-@cache
-def _run_lexemes(run: str) -> tuple[str, ...]:
-    return tuple(search.cjk_lexemes(run))
-
-
-def lexemes(text: str) -> list[str]:
-    """search.cjk_lexemes, remembered per Chinese run: seeded prompts reuse their phrases."""
-    return sorted({lexeme for run in search.cjk_runs(text) for lexeme in _run_lexemes(run)})
-
-
 class Command(BaseCommand):
     help = "Fill the gallery with N generations of varied Chinese, English and mixed prompts (rows only)."
 
@@ -132,9 +121,9 @@ class Command(BaseCommand):
                                f"generations/{generation_id}/{index}.png", preset.width, preset.height,
                                rng.randint(300_000, 4_000_000), digest, (seed + index) % 2**31, revised,
                                created + timedelta(seconds=index),
-                               search.latin_text(prompt), lexemes(prompt),
-                               search.latin_text(revised), lexemes(revised),
-                               search.latin_text(negative), lexemes(negative)))
+                               search.latin_text(prompt), search.cjk_vector(prompt),
+                               search.latin_text(revised), search.cjk_vector(revised),
+                               search.latin_text(negative), search.cjk_vector(negative)))
         with transaction.atomic(), connection.cursor() as cursor:
             self.copy_generations(cursor, generations)
             self.copy_images(cursor, images)
@@ -154,8 +143,8 @@ class Command(BaseCommand):
             CREATE TEMP TABLE seed_image (
                 generation_id uuid, owner_id int, model text, shape text, index smallint, file text,
                 width int, height int, bytes int, sha256 text, seed bigint, revised_prompt text,
-                created timestamptz, prompt_latin text, prompt_cjk text[], revised_latin text,
-                revised_cjk text[], negative_latin text, negative_cjk text[]
+                created timestamptz, prompt_latin text, prompt_cjk text, revised_latin text,
+                revised_cjk text, negative_latin text, negative_cjk text
             ) ON COMMIT DROP""")
         with cursor.copy("COPY seed_image FROM STDIN") as copy:
             for row in rows:
