@@ -1,16 +1,17 @@
-"""
-WSGI config for qwenstudio project.
+"""The studio as a WSGI application, for gunicorn (Dockerfile, docker-compose.yml).
 
-It exposes the WSGI callable as a module-level variable named ``application``.
-
-For more information on this file, see
-https://docs.djangoproject.com/en/6.1/howto/deployment/wsgi/
+Each worker warms jieba and the gallery's queries as it loads this (gallery.warmup), before it
+takes its first request.
 """
 
 import os
 
 from django.core.wsgi import get_wsgi_application
 
-os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'qwenstudio.settings')
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "qwenstudio.settings")
 
 application = get_wsgi_application()
+
+from gallery import warmup  # noqa: E402  (needs the apps loaded above)
+
+warmup.warm()

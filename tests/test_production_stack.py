@@ -314,6 +314,9 @@ def test_the_commands_compose_names_serve_a_generation_through_gunicorn(sim, s3_
         health = requests.get(f"{origin}/healthz", timeout=10)
         assert (health.status_code, health.json()["down"]) == (200, [])
         run([word for word in services["worker"]["healthcheck"]["test"] if word != "CMD"], environment)
+        # the worker that answered had warmed jieba and the gallery's queries as it loaded the studio
+        web_log = processes[-1].log_path.read_text(errors="replace").rsplit("\n==== ", 1)[-1]
+        assert re.search(r"warm-up: jieba \d+ ms, templates \d+ ms, database \d+ ms", web_log), web_log[-3000:]
         # redis really runs with the compose file's flags
         with redis.Redis(port=broker_port) as broker:
             assert broker.config_get("appendonly")["appendonly"] == "yes"
