@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from django.db import connection
-from django.db.models import BooleanField
+from django.db.models import BooleanField, F
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -33,6 +33,9 @@ from gallery.search import FIELDS, Query
 PAGE_SIZE = 30
 MAX_TIERS = 2 * len(FIELDS)
 WINDOW = 10_000
+# A collection's newest images are read through its items, one heap page each rather than the gallery's
+# newest rows side by side, so its window is smaller.
+COLLECTION_WINDOW = 2_000
 SAMPLE = 6 * PAGE_SIZE
 
 
@@ -103,7 +106,7 @@ def matching_ids(images, match: "_Match", limit: int) -> list[int]:
     match_sql, match_params = match.sql("w.search")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT w.id FROM ({window_sql}) w WHERE {match_sql} ORDER BY w.created DESC, w.id DESC LIMIT %s",
+            f"SELECT w.id FROM ({window_sql}) w WHERE {match_sql} ORDER BY w.at DESC, w.key DESC LIMIT %s",
             [*window_params, *match_params, limit],
         )
         ids = [row[0] for row in cursor.fetchall()]
@@ -111,7 +114,12 @@ def matching_ids(images, match: "_Match", limit: int) -> list[int]:
 
 
 def _window(images) -> tuple[str, list]:
-    return images.newest_first().values("id", "created", "search")[:WINDOW].query.sql_with_params()
+    """The newest WINDOW images as SQL with columns id, search and the (at, key) they are ordered by, newest
+    first: (created, id), or a collection item's copy of them, so that the order is the index's."""
+    at, key = images._page_keys()
+    size = WINDOW if at == "created" else COLLECTION_WINDOW
+    newest = images.newest_first().values("id", "search", at=F(at), key=F(key))[:size]
+    return newest.query.sql_with_params()
 
 
 def _indexed_ids(images, match: "_Match", limit: int) -> list[int]:
@@ -236,21 +244,20 @@ def _window_tiers(images, query: Query, first: int, need: int) -> dict[int, list
     window_sql, window_params = _window(images)
     match_sql, match_params = _Match(query, first, onwards=True).sql("w.search")
     tier_sql, tier_params = _tier_sql(query, "w.search")
-    classed = (f"SELECT w.id, w.created, {tier_sql} AS tier FROM ({window_sql}) w WHERE {match_sql}",
+    classed = (f"SELECT w.id, w.at, w.key, {tier_sql} AS tier FROM ({window_sql}) w WHERE {match_sql}",
                [*tier_params, *window_params, *match_params])
     with connection.cursor() as cursor:
-        cursor.execute(f"{classed[0]} ORDER BY w.created DESC, w.id DESC LIMIT %s", [*classed[1], SAMPLE])
+        cursor.execute(f"{classed[0]} ORDER BY w.at DESC, w.key DESC LIMIT %s", [*classed[1], SAMPLE])
         rows = cursor.fetchall()
-        if len(rows) == SAMPLE and sum(tier == first for _, _, tier in rows) < need:
+        if len(rows) == SAMPLE and sum(tier == first for *_, tier in rows) < need:
             cursor.execute(
-                "SELECT id, created, tier FROM (SELECT c.*, row_number() OVER (PARTITION BY tier "
-                f"ORDER BY created DESC, id DESC) AS n FROM ({classed[0]}) c) r WHERE n <= %s "
-                "ORDER BY created DESC, id DESC",
+                "SELECT id, at, key, tier FROM (SELECT c.*, row_number() OVER (PARTITION BY tier "
+                f"ORDER BY at DESC, key DESC) AS n FROM ({classed[0]}) c) r WHERE n <= %s ORDER BY at DESC, key DESC",
                 [*classed[1], need],
             )
             rows = cursor.fetchall()
     tiers: dict[int, list[int]] = {}
-    for pk, _, tier in rows:
+    for pk, *_, tier in rows:
         tiers.setdefault(tier, []).append(pk)
     return tiers
 

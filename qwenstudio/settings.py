@@ -125,6 +125,9 @@ try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 except ValueError:
     raise ImproperlyConfigured("DATABASE_URL is not a database URL such as postgres://user@host:5432/name") from None
+# The studio's queries are many and small: starting parallel workers for one costs more than it saves
+# (a gallery page's window took 11 ms with them, 4 without, bench/RESULTS.md).
+DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c max_parallel_workers_per_gather=0"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
