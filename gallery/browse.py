@@ -100,34 +100,35 @@ def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
     return _page(_in_order(matching_ids(images, _Match(query), PAGE_SIZE + 1)))
 
 
-def matching_ids(images, match: "_Match", limit: int) -> list[int]:
-    """Ids of the newest images that `match` finds, newest first, up to `limit`."""
-    window_sql, window_params = _window(images)
+def matching_ids(images, match: "_Match", limit: int, *, oldest_first: bool = False) -> list[int]:
+    """Ids of the newest images that `match` finds, newest first (or the oldest, oldest first), up to `limit`."""
+    window_sql, window_params = _window(images, oldest_first)
     match_sql, match_params = match.sql("w.search")
+    order = "ASC" if oldest_first else "DESC"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT w.id FROM ({window_sql}) w WHERE {match_sql} ORDER BY w.at DESC, w.key DESC LIMIT %s",
+            f"SELECT w.id FROM ({window_sql}) w WHERE {match_sql} ORDER BY w.at {order}, w.key {order} LIMIT %s",
             [*window_params, *match_params, limit],
         )
         ids = [row[0] for row in cursor.fetchall()]
-    return ids if len(ids) >= limit else _indexed_ids(images, match, limit)
+    return ids if len(ids) >= limit else _indexed_ids(images, match, limit, order)
 
 
-def _window(images) -> tuple[str, list]:
-    """The newest WINDOW images as SQL with columns id, search and the (at, key) they are ordered by, newest
-    first: (created, id), or a collection item's copy of them, so that the order is the index's."""
+def _window(images, oldest_first: bool = False) -> tuple[str, list]:
+    """The newest (or oldest) WINDOW images as SQL with columns id, search and the (at, key) they are ordered
+    by: (created, id), or a collection item's copy of them, so that the order is the index's."""
     at, key = images._page_keys()
     size = WINDOW if at == "created" else COLLECTION_WINDOW
-    newest = images.newest_first().values("id", "search", at=F(at), key=F(key))[:size]
-    return newest.query.sql_with_params()
+    ordered = images.newest_first().reverse() if oldest_first else images.newest_first()
+    return ordered.values("id", "search", at=F(at), key=F(key))[:size].query.sql_with_params()
 
 
-def _indexed_ids(images, match: "_Match", limit: int) -> list[int]:
-    """Rare in the newest rows: the GIN indexes find every match, and the newest are taken."""
+def _indexed_ids(images, match: "_Match", limit: int, order: str = "DESC") -> list[int]:
+    """Rare in the newest rows: the GIN indexes find every match, and the newest (or oldest) are taken."""
     all_sql, all_params = match.among(images).values("id", "created").query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH m AS MATERIALIZED ({all_sql}) SELECT id FROM m ORDER BY created DESC, id DESC LIMIT %s",
+            f"WITH m AS MATERIALIZED ({all_sql}) SELECT id FROM m ORDER BY created {order}, id {order} LIMIT %s",
             [*all_params, limit],
         )
         return [row[0] for row in cursor.fetchall()]
@@ -169,22 +170,24 @@ def _tier_sql(query: Query, column: str) -> tuple[str, list]:
 
 def neighbours(user, filters: dict, query: Query, image: Image) -> tuple[Image | None, Image | None]:
     """The images just before and after `image` in the gallery's order for these filters and search: the
-    Previous and Next of its page. Newest first, or best first when the gallery ranks the search."""
-    images = filtered(user, filters).only("id")
+    Previous and Next of its page. Newest first, or best first when the gallery ranks the search. Each is
+    looked for as a page is (matching_ids), so a search's rare or empty tier costs no walk of the table."""
+    images = filtered(user, filters)
+    if query.is_empty:
+        return (images.after(image.created, image.pk).newest_first().reverse().only("id").first(),
+                images.before(image.created, image.pk).newest_first().only("id").first())
     tier = _tier_of(image, query) if _by_relevance(filters, query) else None
-    if tier is None:  # newest first, or not a match (opened from elsewhere): step through the matches by date
-        if not query.is_empty:
-            images = _Match(query).among(images)
-        return (images.after(image.created, image.pk).order_by("created", "id").first(),
-                images.before(image.created, image.pk).newest_first().first())
-    tiers = range(len(query.tiers()))
-    previous = _Match(query, tier).among(images).after(image.created, image.pk).order_by("created", "id").first()
-    for better in reversed(tiers[:tier]):
-        previous = previous or _Match(query, better).among(images).order_by("created", "id").first()
-    following = _Match(query, tier).among(images).before(image.created, image.pk).newest_first().first()
-    for worse in tiers[tier + 1:]:
-        following = following or _Match(query, worse).among(images).newest_first().first()
-    return previous, following
+    # Newest first, or not a match (opened from elsewhere): step through the matches by date.
+    here = _Match(query) if tier is None else _Match(query, tier)
+    newer = matching_ids(images.after(image.created, image.pk), here, 1, oldest_first=True)
+    older = matching_ids(images.before(image.created, image.pk), here, 1)
+    if tier is not None:
+        for better in reversed(range(tier)):
+            newer = newer or matching_ids(images, _Match(query, better), 1, oldest_first=True)
+        for worse in range(tier + 1, len(query.tiers())):
+            older = older or matching_ids(images, _Match(query, worse), 1)
+    found = Image.objects.only("id").in_bulk([*newer, *older])
+    return (found.get(newer[0]) if newer else None), (found.get(older[0]) if older else None)
 
 
 def _tier_of(image: Image, query: Query) -> int | None:
