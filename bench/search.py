@@ -45,7 +45,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from pathlib import Path
 from urllib.parse import unquote_plus, urlencode
 
 import requests
+from pipeline import free_port  # bench/pipeline.py
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin: its gunicorn and python
@@ -110,12 +110,6 @@ def dockerfile_command() -> list[str]:
     """The web container's command: the Dockerfile's CMD, in exec form."""
     line = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
     return json.loads(line.removeprefix("CMD "))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def production_environment(settings_dir: Path) -> dict[str, str]:
@@ -277,7 +271,7 @@ def matches(user, url: str) -> int:
     filters = filters_of(url)
     images = browse.filtered(user, filters)
     query = search.parse(filters.get("q", ""))
-    return images.filter(search=query.tsquery()).count() if not query.is_empty else images.count()
+    return browse.matching(images, query).count() if not query.is_empty else images.count()
 
 
 def gallery_targets(user, collections: list) -> list[Target]:

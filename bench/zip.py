@@ -15,7 +15,6 @@ import io
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
+from pipeline import free_port  # bench/pipeline.py
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = "postgres://postgres@127.0.0.1:5432/qwenstudio_bench_zip"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def production_env(media: Path) -> dict:

@@ -117,7 +117,7 @@ def matching_ids(images, match: "_Match", limit: int, *, oldest_first: bool = Fa
 def _window(images, oldest_first: bool = False) -> tuple[str, list]:
     """The newest (or oldest) WINDOW images as SQL with columns id, search and the (at, key) they are ordered
     by: (created, id), or a collection item's copy of them, so that the order is the index's."""
-    at, key = images._page_keys()
+    at, key = images.page_keys()
     size = WINDOW if at == "created" else COLLECTION_WINDOW
     ordered = images.newest_first().reverse() if oldest_first else images.newest_first()
     return ordered.values("id", "search", at=F(at), key=F(key))[:size].query.sql_with_params()
@@ -145,13 +145,12 @@ class _Match:
     onwards: bool = False
 
     def sql(self, column: str) -> tuple[str, list]:
-        tsquery, params = self.query.tsquery_sql()
-        plain = (f"{column} @@ ({tsquery})", params)
+        anywhere = self.query.anywhere().sql(column)
         if self.tier is None:
-            return plain
+            return anywhere
         *better, this = [tier.sql(column) for tier in self.query.tiers()[: self.tier + 1]]
         if self.onwards:
-            this = plain
+            this = anywhere
         if not better:
             return this
         return (f"{this[0]} AND NOT coalesce({' OR '.join(sql for sql, _ in better)}, false)",
@@ -159,6 +158,11 @@ class _Match:
 
     def among(self, images) -> ImageQuerySet:
         return images.filter(RawSQL(*self.sql(f'"{Image._meta.db_table}"."search"'), output_field=BooleanField()))
+
+
+def matching(images, query: Query) -> ImageQuerySet:
+    """The images among `images` that the search matches, in any tier."""
+    return _Match(query).among(images)
 
 
 def _tier_sql(query: Query, column: str) -> tuple[str, list]:
@@ -193,7 +197,7 @@ def neighbours(user, filters: dict, query: Query, image: Image) -> tuple[Image |
 def _tier_of(image: Image, query: Query) -> int | None:
     """Which tier of the query's matches image is in; None when it doesn't match."""
     tier = RawSQL(*_tier_sql(query, f'"{Image._meta.db_table}"."search"'))
-    return _Match(query).among(Image.objects.filter(pk=image.pk)).values_list(tier, flat=True).first()
+    return matching(Image.objects.filter(pk=image.pk), query).values_list(tier, flat=True).first()
 
 
 def _by_relevance(filters: dict, query: Query) -> bool:

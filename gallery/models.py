@@ -354,22 +354,23 @@ class ImageQuerySet(models.QuerySet):
         return self.filter(collection_items__collection=collection).annotate(
             page_created=F("collection_items__image_created"), page_id=F("collection_items__image_id"))
 
-    def _page_keys(self) -> tuple[str, str]:
+    def page_keys(self) -> tuple[str, str]:
+        """The fields these images page by, newest first: (created, id), or in_collection's copies."""
         return ("page_created", "page_id") if "page_created" in self.query.annotations else ("created", "id")
 
     def newest_first(self) -> "ImageQuerySet":
-        created, pk = self._page_keys()
+        created, pk = self.page_keys()
         return self.order_by(f"-{created}", f"-{pk}")
 
     def before(self, created, pk) -> "ImageQuerySet":
         """The keyset page after (created, pk) in newest-first order."""
         # The plain bound lets PostgreSQL start the index scan there instead of at the newest row.
-        at, key = self._page_keys()
+        at, key = self.page_keys()
         older = Q(**{f"{at}__lt": created}) | Q(**{at: created, f"{key}__lt": pk})
         return self.filter(older, **{f"{at}__lte": created})
 
     def after(self, created, pk) -> "ImageQuerySet":
-        at, key = self._page_keys()
+        at, key = self.page_keys()
         newer = Q(**{f"{at}__gt": created}) | Q(**{at: created, f"{key}__gt": pk})
         return self.filter(newer, **{f"{at}__gte": created})
 

@@ -14,13 +14,10 @@ prompt C; "Most relevant" ranks every match by where its terms are (Tier).
 
 import functools
 import html
-import operator
 import re
 from dataclasses import dataclass
-from functools import reduce
 
 import jieba
-from django.contrib.postgres.search import SearchQuery
 from django.db.models.expressions import RawSQL
 from django.utils.safestring import SafeString, mark_safe
 
@@ -99,16 +96,6 @@ class Query:
     def is_empty(self) -> bool:
         return not self.latin.strip() and not self.cjk_terms
 
-    def tsquery(self) -> SearchQuery:
-        """All terms must match: English words by stem, Chinese runs by all their character pairs."""
-        parts = []
-        if LATIN_WORD.search(self.latin):
-            parts.append(SearchQuery(self.latin, config="english", search_type="plain"))
-        if self.cjk_terms:
-            cjk = " & ".join(_cjk_term(term) for term in self.cjk_terms)
-            parts.append(SearchQuery(cjk, config="simple", search_type="raw"))
-        return reduce(operator.and_, parts)
-
     def tiers(self) -> list["Tier"]:
         """The kinds of match, best first: by where the terms are (see FIELDS), and within that English
         words as the phrase typed and Chinese terms as whole words before scattered words and pairs."""
@@ -116,9 +103,14 @@ class Query:
         kinds = (True, False) if phrase else (False,)
         return [Tier(self, weights, words) for weights in FIELDS for words in kinds]
 
+    def anywhere(self) -> "Tier":
+        """What a match is: every term, anywhere in the vector, English words by stem and Chinese runs by
+        all their character pairs. The last of the tiers."""
+        return Tier(self, None, False)
+
     def tsquery_sql(self, words: bool = False) -> tuple[str, list]:
-        """tsquery() as SQL and its parameters; with `words`, the English words as a phrase, and each
-        Chinese term's longer jieba words (whole words in the studio's vectors) there too."""
+        """The tsquery of every term as SQL and its parameters; with `words`, the English words as a phrase,
+        and each Chinese term's longer jieba words (whole words in the studio's vectors) there too."""
         parts, params = [], []
         if LATIN_WORD.search(self.latin):
             parts.append("plainto_tsquery('english'::regconfig, %s)")
