@@ -126,8 +126,10 @@ try:
 except ValueError:
     raise ImproperlyConfigured("DATABASE_URL is not a database URL such as postgres://user@host:5432/name") from None
 # The studio's queries are many and small: starting parallel workers for one costs more than it saves
-# (a gallery page's window took 11 ms with them, 4 without, bench/RESULTS.md).
-DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c max_parallel_workers_per_gather=0"
+# (a collection's search window took 11 ms with them, 4 without, bench/RESULTS.md). Added to whatever
+# server options DATABASE_URL gives (?options=...), not in their place.
+_server_options = DATABASES["default"].setdefault("OPTIONS", {})
+_server_options["options"] = f"{_server_options.get('options', '')} -c max_parallel_workers_per_gather=0".strip()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -152,3 +152,17 @@ print(secure.status_code, secure.get("Strict-Transport-Security"))
     lines = start(code, **PRODUCTION).stdout.splitlines()
     assert lines[0] == "301 https://studio.example.com/accounts/login/"
     assert lines[1].startswith("200 max-age=31536000; includeSubDomains; preload")
+
+
+def test_the_database_urls_own_server_options_are_kept_beside_the_studios():
+    # given an operator's DATABASE_URL that sets a server option of its own
+    url = "postgres://postgres@127.0.0.1:5432/qwenstudio?options=-c%20statement_timeout%3D5000"
+    show = SETUP + "; from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['options'])"
+
+    # when the studio starts with it, and without it
+    given, default = start(show, DATABASE_URL=url), start(show)
+
+    # then both the operator's option and the studio's are sent to PostgreSQL
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.split("\n")[0] == "-c statement_timeout=5000 -c max_parallel_workers_per_gather=0"
+    assert default.stdout.strip() == "-c max_parallel_workers_per_gather=0"
