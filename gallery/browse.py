@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from django.db import connection
-from django.db.models import BooleanField, F
+from django.db.models import BooleanField, Exists, F, FilteredRelation, OuterRef, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from gallery.models import Image, ImageQuerySet
+from gallery.models import Favourite, Image, ImageQuerySet, Rendition
 from gallery.search import FIELDS, Query
 
 PAGE_SIZE = 30
@@ -92,12 +92,12 @@ def filtered(user, filters: dict) -> ImageQuerySet:
 def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
     images = filtered(user, filters)
     if _by_relevance(filters, query):
-        return _relevant(images, query, cursor)
+        return _relevant(images, query, cursor, user)
     if cursor:
         images = images.before(cursor.created, cursor.id)
     if query.is_empty:
-        return _page(list(_for_tiles(images.newest_first())[: PAGE_SIZE + 1]))
-    return _page(_in_order(matching_ids(images, _Match(query), PAGE_SIZE + 1)))
+        return _page(list(_for_tiles(images.newest_first(), user)[: PAGE_SIZE + 1]))
+    return _page(_in_order(matching_ids(images, _Match(query), PAGE_SIZE + 1), user))
 
 
 def matching_ids(images, match: "_Match", limit: int, *, oldest_first: bool = False) -> list[int]:
@@ -204,7 +204,7 @@ def _by_relevance(filters: dict, query: Query) -> bool:
     return not query.is_empty and filters.get("sort") != "newest"
 
 
-def _relevant(images, query: Query, cursor: Cursor | None) -> Page:
+def _relevant(images, query: Query, cursor: Cursor | None, user) -> Page:
     """Best first: every match of the best tier, newest first, then every match of the next, and so on."""
     found: list[tuple[int, int]] = []  # (tier, id)
     first = 0
@@ -218,7 +218,7 @@ def _relevant(images, query: Query, cursor: Cursor | None) -> Page:
     if len(found) <= PAGE_SIZE and first < len(query.tiers()):
         found += _best(images, query, first, PAGE_SIZE + 1 - len(found))
     tiers = {pk: tier for tier, pk in found}
-    shown = _in_order([pk for _, pk in found])
+    shown = _in_order([pk for _, pk in found], user)
     for image in shown:
         image.tier = tiers[image.pk]
     return _page(shown)
@@ -278,10 +278,22 @@ def _page(found: list[Image]) -> Page:
     return Page(found, Cursor(last.created, last.pk, getattr(last, "tier", None)).encode())
 
 
-def _in_order(ids: list[int]) -> list[Image]:
-    by_id = {image.pk: image for image in _for_tiles(Image.objects.filter(id__in=ids))}
+def _in_order(ids: list[int], user) -> list[Image]:
+    by_id = {image.pk: image for image in _for_tiles(Image.objects.filter(id__in=ids), user)}
     return [by_id[pk] for pk in ids if pk in by_id]
 
 
-def _for_tiles(images):
-    return images.select_related("generation", "owner").prefetch_related("renditions").defer("search")
+# What a tile, its links and a page's cursor read of an image itself; _for_tiles adds the rest.
+TILE_FIELDS = ("id", "generation_id", "owner_id", "model", "width", "height", "revised_prompt", "created")
+
+
+def _for_tiles(images, user):
+    """Each image with what its tile shows from other rows, in the same query (a prefetch and two joined
+    models cost more than the query itself): its generation's `prompt`, its `owner_name`, the grid thumbnail's
+    `grid_width` and `grid_height` (None until one is made), and whether it `is_favourite` of user."""
+    favourite = Favourite.objects.filter(user=user.pk if user else None, image=OuterRef("pk"))
+    grid = FilteredRelation("renditions", condition=Q(renditions__spec=Rendition.Spec.GRID))
+    return (images.only(*TILE_FIELDS).annotate(grid_rendition=grid)
+            .annotate(prompt=F("generation__prompt"), owner_name=F("owner__username"),
+                      grid_width=F("grid_rendition__width"), grid_height=F("grid_rendition__height"),
+                      is_favourite=Exists(favourite)))

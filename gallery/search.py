@@ -15,6 +15,7 @@ prompt C; "Most relevant" ranks every match by where its terms are (Tier).
 import functools
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jieba
@@ -131,19 +132,27 @@ class Query:
 
     def highlight(self, text: str) -> SafeString:
         """text, escaped, with the words this query matched wrapped in <mark>."""
+        return self.highlighter()(text)
+
+    def highlighter(self) -> Callable[[str], SafeString]:
+        """highlight, with the pattern of this query's words made once for many texts."""
         patterns = [re.escape(term) for term in self.cjk_terms]
         patterns += [rf"\b{re.escape(_stem(word))}\w*" for word in LATIN_WORD.findall(self.latin)
                      if len(word) > 1]
         if not patterns:
-            return mark_safe(html.escape(text))
+            return lambda text: mark_safe(html.escape(text or ""))
         matcher = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE)
-        pieces, last = [], 0
-        for match in matcher.finditer(text):
-            pieces.append(html.escape(text[last:match.start()]))
-            pieces.append(f"<mark>{html.escape(match.group())}</mark>")
-            last = match.end()
-        pieces.append(html.escape(text[last:]))
-        return mark_safe("".join(pieces))
+
+        def highlight(text: str) -> SafeString:
+            text, pieces, last = text or "", [], 0
+            for match in matcher.finditer(text):
+                pieces.append(html.escape(text[last:match.start()]))
+                pieces.append(f"<mark>{html.escape(match.group())}</mark>")
+                last = match.end()
+            pieces.append(html.escape(text[last:]))
+            return mark_safe("".join(pieces))
+
+        return highlight
 
 
 # Where a match counts most, best first: the prompt (weight A), the prompt or the revised prompt

@@ -4,13 +4,19 @@ import io
 import re
 from datetime import timedelta
 
+import hypothesis
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
+from hypothesis import strategies as st
 
 from gallery import search
 from gallery.browse import PAGE_SIZE
-from gallery.models import Favourite, Generation, Image
+from gallery.models import Favourite, Generation, Image, Rendition
+from gallery.tiles import UrlPattern
 
 NOW = timezone.now()
 
@@ -202,6 +208,61 @@ def test_relevance_pages_go_on_past_equal_ranks(client, alice):
     # then it holds the rest, none seen before
     found = re.findall(r'data-image="(\d+)"', first) + re.findall(r'data-image="(\d+)"', second)
     assert len(found) == len(set(found)) == PAGE_SIZE + 5
+
+
+def tile(html: str, image: Image) -> str:
+    """One tile's HTML, from its figure to the next."""
+    return re.search(rf'<figure class="tile[^"]*" data-image="{image.pk}">.*?</figure>', html, re.DOTALL).group(0)
+
+
+def test_a_tile_shows_its_thumbnail_prompt_and_links(client, alice, bob):
+    plain = make_image(bob, "a lighthouse at dusk", width=1024, height=576)
+    revised = make_image(alice, "a <b>kitten</b> & a teacup", revised="a small kitten beside a teacup", minutes_ago=1)
+    Rendition.objects.create(image=plain, spec="grid", file=f"{plain.file}.webp", width=512, height=288, bytes=9)
+    Favourite.objects.create(user=alice, image=revised)
+    html = client.get("/gallery/", {"q": "kitten", "sort": "newest", "model": "wan2.2-t2i-flash"}).content.decode()
+    shown = tile(html, revised)
+    assert f'href="/gallery/{revised.pk}/?q=kitten&amp;sort=newest&amp;model=wan2.2-t2i-flash"' in shown
+    assert "a &lt;b&gt;<mark>kitten</mark>&lt;/b&gt; &amp; a teacup" in shown  # escaped, then marked
+    assert '<span class="tile-missing" aria-hidden="true">1024×1024</span>' in shown  # no thumbnail yet
+    assert "alice · 1024×1024 · wan2.2-t2i-flash" in shown
+    assert f'href="/?reuse={revised.pk}"' in shown and f'href="/?reuse={revised.pk}&amp;with=seed"' in shown
+    assert f'href="/?reuse={revised.pk}&amp;with=revised"' in shown
+    assert f'formaction="/gallery/{revised.pk}/favourite/"' in shown and 'aria-pressed="true"' in shown
+
+    shown = tile(client.get("/gallery/").content.decode(), plain)
+    assert f'<img src="/images/{plain.pk}/grid/" width="512" height="288" alt="">' in shown
+    assert f'href="/gallery/{plain.pk}/"' in shown
+    assert "with=revised" not in shown  # no revised prompt to use
+    assert 'aria-pressed="false"' in shown
+
+
+def test_a_tile_makes_no_query_of_its_own(client, alice, bob):
+    """What tiles show from other rows (prompt, designer, thumbnail, favourite) comes with the page's images."""
+    def queries() -> dict[str, int]:
+        counts = {}
+        for label, params in [("grid", {}), ("search", {"q": "kitten"}), ("newest", {"q": "kitten", "sort": "newest"})]:
+            with CaptureQueriesContext(connection) as captured:
+                assert client.get("/gallery/", params).status_code == 200
+            counts[label] = len(captured)
+        return counts
+
+    images = [make_image(bob if number % 2 else alice, f"kitten number {number}", minutes_ago=number)
+              for number in range(PAGE_SIZE + 5)]
+    plain = queries()
+    for image in images:
+        Rendition.objects.create(image=image, spec="grid", file=f"{image.file}.webp", width=512, height=384, bytes=9)
+        Favourite.objects.create(user=alice, image=image)
+    Image.objects.update(revised_prompt="a kitten, revised")
+    assert queries() == plain
+    assert plain["grid"] == 3  # the session, the designer, the page
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(image_id=st.integers(min_value=0, max_value=2**63 - 1))
+def test_a_url_pattern_makes_what_reverse_makes(image_id):
+    for name, rest in [("gallery-detail", []), ("gallery-favourite", []), ("gallery-image-file", ["grid"])]:
+        assert UrlPattern(name, *rest)(image_id) == reverse(name, args=[image_id, *rest])
 
 
 @pytest.mark.parametrize(("mode", "prompt", "seed"), [
