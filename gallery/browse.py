@@ -125,7 +125,8 @@ def _window(images, oldest_first: bool = False) -> tuple[str, list]:
 
 def _indexed_ids(images, match: "_Match", limit: int, order: str = "DESC") -> list[int]:
     """Rare in the newest rows: the GIN indexes find every match, and the newest (or oldest) are taken."""
-    all_sql, all_params = match.among(images).values("id", "created").query.sql_with_params()
+    # Unordered inside: Image's own ordering (by its generation's date) would join every match's generation.
+    all_sql, all_params = match.among(images).order_by().values("id", "created").query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
             f"WITH m AS MATERIALIZED ({all_sql}) SELECT id FROM m ORDER BY created {order}, id {order} LIMIT %s",
