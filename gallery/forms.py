@@ -2,6 +2,7 @@ import re
 import secrets
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -228,6 +229,13 @@ class GalleryFilterForm(StudioForm):
     def filter_fields(self):
         """The filters the row under the search box shows, each inside its label."""
         return [self[name] for name in self.FILTERS]
+
+    @property
+    def filter_state(self) -> str:
+        """All that the filter row's HTML depends on but the language: each filter as sent, and which were
+        refused. gallery.html caches the row under it, since the row's widgets take a sixth of a page's time."""
+        sent = [(name, self.data.get(name, "")) for name in self.FILTERS]
+        return urlencode([*sent, ("refused", ",".join(name for name in self.FILTERS if name in self.errors))])
 
     def link_params(self) -> QueryDict:
         """The search and filters as sent, less the page cursor and empty fields: what a link back to these

@@ -205,6 +205,14 @@ else:
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": MEDIA_ROOT, "allow_overwrite": True},
     }
+# Each process's own memory: "fragments" holds template fragments that depend only on what their cache tag's key
+# names (the gallery's filter row), the same in every process, so none needs a shared cache.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "fragments": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fragments",
+                  "TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 1000}},
+}
+
 STORAGES = {
     "default": MEDIA_BACKEND,
     "staticfiles": {

@@ -258,6 +258,29 @@ def test_a_tile_makes_no_query_of_its_own(client, alice, bob):
     assert plain["grid"] == 3  # the session, the designer, the page
 
 
+def test_the_cached_filter_row_shows_each_requests_own_filters_errors_and_language(client, alice):
+    """The row is a cached fragment (gallery.html): whatever came before, each page shows its own."""
+    make_image(alice, "kitten")
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+    newest_portrait = {"shape": "portrait", "sort": "newest"}
+    visits = [
+        (newest_portrait, {}, ['<option value="portrait" selected>', '<option value="newest" selected>', "Sort"]),
+        ({}, {}, ['<option value="portrait">', '<option value="newest">', "Sort"]),
+        (newest_portrait, zh, ["排序", '<option value="newest" selected>最新']),
+        ({"since": "2020-13-01"}, {}, ['value="2020-13-01" aria-invalid="true" aria-describedby="id_since_error"']),
+        ({"since": "2020-12-01"}, {}, ['<input type="date" name="since" value="2020-12-01" id="id_since">']),
+        ({"mine": "on"}, {}, ['name="mine" id="id_mine" checked']),
+        ({}, {}, ['name="mine" id="id_mine">']),
+    ]
+    for params, headers, expected in visits * 2:  # the second time round, every row comes from the cache
+        html = client.get("/gallery/", params, **headers).content.decode()
+        row = re.search(r'<div class="filter-row".*?</div>', html, re.DOTALL).group(0)
+        for text in expected:
+            assert text in row, (params, headers, text)
+        assert ("aria-invalid" in row) == (params.get("since") == "2020-13-01")
+        assert ("排序" in row) == (headers == zh)
+
+
 @hypothesis.settings(max_examples=300, deadline=None, database=None)
 @hypothesis.given(image_id=st.integers(min_value=0, max_value=2**63 - 1))
 def test_a_url_pattern_makes_what_reverse_makes(image_id):
