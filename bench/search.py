@@ -37,6 +37,7 @@ Goals (issue 11): search p95 ≤ 30 ms, any gallery page p95 ≤ 20 ms, the firs
 
 import argparse
 import html
+import http.client
 import json
 import math
 import os
@@ -315,7 +316,7 @@ def search_targets(user, collections: list, origin: str, cookie: str) -> list[Ta
             targets.append(Target(url, unquote_plus(url), matches(user, url)))
     for sort in ({}, {"sort": "newest"}):
         first = f"/gallery/?{urlencode({'q': SECOND_PAGE_SEARCH} | sort)}"
-        found = re.search(r'<a class="more" href="([^"]+)"', fetch(origin, first, cookie).text)
+        found = re.search(r'<a class="more" href="([^"]+)"', fetch(origin, first, cookie))
         if found is None:
             print(f"(no second page for {unquote_plus(first)}: too few matches)", file=sys.stderr)
             continue
@@ -327,15 +328,25 @@ def search_targets(user, collections: list, origin: str, cookie: str) -> list[Ta
 # --- timing -------------------------------------------------------------------------------------------------
 
 
-def fetch(origin: str, url: str, cookie: str) -> requests.Response:
-    """One GET on a fresh connection, signed in, as from behind the TLS proxy; it must answer 200."""
-    response = requests.get(origin + url, headers={"Connection": "close", "Cookie": cookie,
-                                                   "X-Forwarded-Proto": "https"},
-                            allow_redirects=False, timeout=60)
-    if response.status_code != 200:
-        where = response.headers.get("Location", "")
-        raise SystemExit(f"{url} answered {response.status_code} {where}".rstrip())
-    return response
+def fetch(origin: str, url: str, cookie: str) -> str:
+    """The body of one GET on a fresh connection, signed in, as from behind the TLS proxy; it must answer 200.
+
+    Through the standard library's http.client, which requests is built on: requests makes a session and a
+    connection pool per call, about a millisecond of this process's time per request on this machine (0.6 ms
+    against 1.7 ms for a 40 KB answer from a bare WSGI app under the same gunicorn), which no browser pays."""
+    host, _, port = origin.removeprefix("http://").partition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("GET", url, headers={
+            "Connection": "close", "Cookie": cookie, "X-Forwarded-Proto": "https"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        where = response.getheader("Location", "")
+        raise SystemExit(f"{url} answered {response.status} {where}".rstrip())
+    return body.decode()
 
 
 def get(origin: str, url: str, cookie: str) -> float:
