@@ -36,7 +36,10 @@ WINDOW = 10_000
 # A collection's newest images are read through its items, one heap page each rather than the gallery's
 # newest rows side by side, so its window is smaller.
 COLLECTION_WINDOW = 2_000
-SAMPLE = 6 * PAGE_SIZE
+# The first look at the newest matches reads two pages of them per kind of match (search.Query.tiers: words
+# alone, or as a phrase and scattered too): enough that a common word's best tier fills a page there, few enough
+# that a word in one image of fifty is found without reading the whole window.
+SAMPLE_PER_KIND = 2 * PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -247,17 +250,18 @@ def _best(images, query: Query, first: int, need: int) -> list[tuple[int, int]]:
 def _window_tiers(images, query: Query, first: int, need: int) -> dict[int, list[int]]:
     """The newest `need` matches of each tier from `first` on among the newest WINDOW images, newest first.
 
-    A first look reads the newest SAMPLE matches only: a common word fills the page from its best tier
-    there. Else every match in the window is classed, keeping the newest `need` of each tier."""
+    A first look reads the newest SAMPLE_PER_KIND matches per kind only: a common word fills the page from its
+    best tier there. Else every match in the window is classed, keeping the newest `need` of each tier."""
     window_sql, window_params = _window(images)
     match_sql, match_params = _Match(query, first, onwards=True).sql("w.search")
     tier_sql, tier_params = _tier_sql(query, "w.search")
     classed = (f"SELECT w.id, w.at, w.key, {tier_sql} AS tier FROM ({window_sql}) w WHERE {match_sql}",
                [*tier_params, *window_params, *match_params])
     with connection.cursor() as cursor:
-        cursor.execute(f"{classed[0]} ORDER BY w.at DESC, w.key DESC LIMIT %s", [*classed[1], SAMPLE])
+        sample = SAMPLE_PER_KIND * len(query.tiers()) // len(FIELDS)
+        cursor.execute(f"{classed[0]} ORDER BY w.at DESC, w.key DESC LIMIT %s", [*classed[1], sample])
         rows = cursor.fetchall()
-        if len(rows) == SAMPLE and sum(tier == first for *_, tier in rows) < need:
+        if len(rows) == sample and sum(tier == first for *_, tier in rows) < need:
             cursor.execute(
                 "SELECT id, at, key, tier FROM (SELECT c.*, row_number() OVER (PARTITION BY tier "
                 f"ORDER BY at DESC, key DESC) AS n FROM ({classed[0]}) c) r WHERE n <= %s ORDER BY at DESC, key DESC",
