@@ -19,7 +19,9 @@ as "lin" (seed_gallery makes that designer) by saving a session in the database 
 makes every request on a fresh connection, as the TLS proxy in front would (X-Forwarded-Proto: https).
 
 It makes, once, three collections of lin's holding 100, 2,000 and 20,000 random images ("bench 100", ...).
-Each URL is requested once to warm up, then --runs times; each must answer 200. The gallery's deep page is
+Before any timing, the gallery's first page is requested twice per request thread (--workers × --threads of the
+CMD), so that every thread has opened its database connection; the restart at the end times a cold start. Each
+URL is requested once to warm up, then --runs times; each must answer 200. The gallery's deep page is
 page 1,000 (or a filter's last page, if it has fewer), reached with the cursor that the page before's
 `a.more` link carries, built from the (created, id) of its last row with one query outside the timing.
 The `matches` column counts the images the URL's filters and search select, in this process, untimed.
@@ -148,6 +150,7 @@ class Gunicorn:
         self.access_log, self.error_log = folder / f"{name}-access.log", folder / f"{name}-error.log"
         self.command = dockerfile_command()
         self.workers = int(self.command[self.command.index("--workers") + 1])
+        self.threads = int(self.command[self.command.index("--threads") + 1]) if "--threads" in self.command else 1
         self.process: subprocess.Popen | None = None
         self.origin = ""
 
@@ -513,6 +516,11 @@ def main() -> None:
             stack.callback(server.stop)
             server.start()
             origin = server.origin
+            # Each request thread opens its database connection on its first request: the restart below times
+            # that, so here every thread has its connection before any timing (at most twice over, since which
+            # thread takes a request is up to gunicorn).
+            for _ in range(2 * server.workers * server.threads):
+                fetch(origin, "/gallery/", cookie)
             print(f"Server: {' '.join(server.command)} (bound to 127.0.0.1), production settings")
         else:
             server, origin = None, args.base_url.rstrip("/")
