@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from django.db import connection
-from django.db.models import BooleanField, Exists, F, FilteredRelation, OuterRef, Q
+from django.db.models import BooleanField, F
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from gallery.models import Favourite, Image, ImageQuerySet, Rendition
+from gallery.models import Image, ImageQuerySet
 from gallery.search import FIELDS, Query
 
 PAGE_SIZE = 30
@@ -99,7 +99,7 @@ def page(user, filters: dict, query: Query, cursor: Cursor | None) -> Page:
     if cursor:
         images = images.before(cursor.created, cursor.id)
     if query.is_empty:
-        return _page(list(_for_tiles(images.newest_first(), user)[: PAGE_SIZE + 1]))
+        return _page(list(images.newest_first().for_tiles(user)[: PAGE_SIZE + 1]))
     return _page(_in_order(matching_ids(images, _Match(query), PAGE_SIZE + 1), user))
 
 
@@ -284,21 +284,6 @@ def _page(found: list[Image]) -> Page:
 
 
 def _in_order(ids: list[int], user) -> list[Image]:
-    by_id = {image.pk: image for image in _for_tiles(Image.objects.filter(id__in=ids), user)}
+    by_id = {image.pk: image for image in Image.objects.filter(id__in=ids).for_tiles(user)}
     return [by_id[pk] for pk in ids if pk in by_id]
 
-
-# What a tile, its links and a page's cursor read of an image itself; _for_tiles adds the rest.
-TILE_FIELDS = ("id", "generation_id", "owner_id", "model", "width", "height", "revised_prompt", "created")
-
-
-def _for_tiles(images, user):
-    """Each image with what its tile shows from other rows, in the same query (a prefetch and two joined
-    models cost more than the query itself): its generation's `prompt`, its `owner_name`, the grid thumbnail's
-    `grid_width` and `grid_height` (None until one is made), and whether it `is_favourite` of user."""
-    favourite = Favourite.objects.filter(user=user.pk if user else None, image=OuterRef("pk"))
-    grid = FilteredRelation("renditions", condition=Q(renditions__spec=Rendition.Spec.GRID))
-    return (images.only(*TILE_FIELDS).annotate(grid_rendition=grid)
-            .annotate(prompt=F("generation__prompt"), owner_name=F("owner__username"),
-                      grid_width=F("grid_rendition__width"), grid_height=F("grid_rendition__height"),
-                      is_favourite=Exists(favourite)))

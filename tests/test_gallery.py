@@ -4,19 +4,15 @@ import io
 import re
 from datetime import timedelta
 
-import hypothesis
 import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
 from django.utils import timezone
-from hypothesis import strategies as st
 
 from gallery import search
 from gallery.browse import PAGE_SIZE
 from gallery.models import Favourite, Generation, Image, Rendition
-from gallery.tiles import UrlPattern
 
 NOW = timezone.now()
 
@@ -281,13 +277,6 @@ def test_the_cached_filter_row_shows_each_requests_own_filters_errors_and_langua
         assert ("排序" in row) == (headers == zh)
 
 
-@hypothesis.settings(max_examples=300, deadline=None, database=None)
-@hypothesis.given(image_id=st.integers(min_value=0, max_value=2**63 - 1))
-def test_a_url_pattern_makes_what_reverse_makes(image_id):
-    for name, rest in [("gallery-detail", []), ("gallery-favourite", []), ("gallery-image-file", ["grid"])]:
-        assert UrlPattern(name, *rest)(image_id) == reverse(name, args=[image_id, *rest])
-
-
 @pytest.mark.parametrize(("mode", "prompt", "seed"), [
     ("", "一只小猫在草地上", ""), ("seed", "一只小猫在草地上", "77"), ("revised", "一只可爱的小猫", ""),
 ])
@@ -313,6 +302,16 @@ def test_favourite_toggles(client, alice, prompts):
     client.post(f"/gallery/{image.pk}/favourite/")
     assert Favourite.objects.filter(user=alice, image=image).exists()
     client.post(f"/gallery/{image.pk}/favourite/")
+    assert not Favourite.objects.filter(user=alice, image=image).exists()
+
+
+def test_a_tiles_favourite_answers_htmx_with_the_button_in_its_new_state(client, alice, prompts):
+    image = prompts["teacup"]
+    for pressed, heart in [("true", "♥"), ("false", "♡")]:
+        button = client.post(f"/gallery/{image.pk}/favourite/", {"tile": "1"}, HTTP_HX_REQUEST="true")
+        html = button.content.decode().strip()
+        assert html.startswith('<button class="fav tile-favourite') and html.endswith(f"{heart}</button>")
+        assert f'aria-pressed="{pressed}"' in html and f'hx-post="/gallery/{image.pk}/favourite/"' in html
     assert not Favourite.objects.filter(user=alice, image=image).exists()
 
 

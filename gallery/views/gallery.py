@@ -13,7 +13,6 @@ from gallery import browse, downloads, search, storage
 from gallery.diff import prompt_diff
 from gallery.forms import GalleryFilterForm
 from gallery.models import Favourite, Image
-from gallery.tiles import Tiles, favourite_button
 from gallery.views.common import HtmxHttpRequest, changeable, safe_next, storage_unavailable, viewable
 
 
@@ -46,9 +45,7 @@ def gallery(request: HtmxHttpRequest) -> HttpResponse:
     form, filters, query = _gallery_filters(request)
     cursor = filters.get("cursor")
     page = browse.page(request.user, filters, query, cursor)
-    link_params = form.link_params()
-    context = {"form": form, "page": page, "query": query, "filters": link_params,
-               "tiles": Tiles(query, link_params)(page.images)}
+    context = {"form": form, "page": page, "query": query, "filters": form.link_params()}
     status = 400 if form.errors else 200
     if request.htmx and cursor:
         return render(request, "gallery/gallery.html#tiles", context, status=status)
@@ -88,7 +85,7 @@ def favourite(request: HtmxHttpRequest, image_id: int) -> HttpResponse:
     if not created:
         mark.delete()
     if request.htmx and request.POST.get("tile"):
-        return HttpResponse(favourite_button(reverse("gallery-favourite", args=[image.pk]), created, _("Favourite")))
+        return render(request, "gallery/gallery.html#tile-favourite", {"image": image, "is_favourite": created})
     if request.htmx:
         return render(request, "gallery/favourite.html", {"image": image, "is_favourite": created})
     return HttpResponseRedirect(safe_next(request, reverse("gallery-detail", args=[image.pk])))
