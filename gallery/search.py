@@ -130,12 +130,9 @@ class Query:
     def _words(term: str) -> list[str]:
         return [word for word in jieba.cut(term) if len(word) > 2]
 
-    def highlight(self, text: str) -> SafeString:
-        """text, escaped, with the words this query matched wrapped in <mark>."""
-        return self.highlighter()(text)
-
     def highlighter(self) -> Callable[[str], SafeString]:
-        """highlight, with the pattern of this query's words made once for many texts."""
+        """A function of a text: the text, escaped, with the words this query matched wrapped in <mark>. The
+        pattern of the words is made once, for a page of texts."""
         patterns = [re.escape(term) for term in self.cjk_terms]
         patterns += [rf"\b{re.escape(_stem(word))}\w*" for word in LATIN_WORD.findall(self.latin)
                      if len(word) > 1]

@@ -6,17 +6,6 @@ from django.utils.datastructures import MultiValueDict
 register = template.Library()
 
 
-@register.filter
-def highlight(text: str, query):
-    """text with the words the gallery search matched marked."""
-    return query.highlight(text or "")
-
-
-@register.filter
-def in_set(value, collection) -> bool:
-    return value in collection
-
-
 @register.simple_tag
 def link_query(*mappings, **params) -> str:
     """A query string of exactly these mappings and parameters (later ones win, None drops a key), or nothing
