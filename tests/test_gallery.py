@@ -9,6 +9,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from gallery import search
 from gallery.browse import PAGE_SIZE
@@ -231,6 +232,14 @@ def test_a_tile_shows_its_thumbnail_prompt_and_links(client, alice, bob):
     assert f'href="/gallery/{plain.pk}/"' in shown
     assert "with=revised" not in shown  # no revised prompt to use
     assert 'aria-pressed="false"' in shown
+
+
+def test_a_tiles_caption_is_cut_as_truncatechars_cuts_it(client, alice):
+    """Combining marks take no place of their own: a decomposed é is one character of the 220 shown."""
+    prompt = "cafe\u0301 " * 60  # 300 characters as typed, 240 as read
+    image = make_image(alice, prompt)
+    shown = tile(client.get("/gallery/").content.decode(), image)
+    assert f'<span class="tile-prompt">{Truncator(prompt).chars(220)}</span>' in shown
 
 
 def test_a_tile_makes_no_query_of_its_own(client, alice, bob):

@@ -14,6 +14,7 @@ from django import template
 from django.http import QueryDict
 from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.text import Truncator
 from django.utils.translation import gettext
 
 from gallery.models import Image, Rendition
@@ -45,12 +46,6 @@ def grid_tiles(images: list[Image], query: Query, filters: QueryDict) -> SafeStr
     return Tiles(query, filters).render(images)
 
 
-def shorten(text: str, length: int) -> str:
-    """text in at most length characters, an ellipsis last if it was longer: the truncatechars filter, less
-    its care for combining marks, which prompts don't have."""
-    return text if len(text) <= length else f"{text[:length - 1]}…"
-
-
 class Tiles:
     """What one page's tiles share, and each tile."""
 
@@ -67,7 +62,7 @@ class Tiles:
 
     def tile(self, image: Image, number: int) -> str:
         """One tile: its checkbox, its link (thumbnail, prompt, designer, size, model) and its actions."""
-        prompt, pk, labels = image.prompt, image.pk, self.labels
+        prompt, pk, labels = Truncator(image.prompt), image.pk, self.labels
         if image.grid_width:
             src = escape(reverse("gallery-image-file", args=[pk, Rendition.Spec.GRID]))
             lazy = ' loading="lazy"' if number > EAGER_TILES else ""
@@ -80,11 +75,11 @@ class Tiles:
         return (
             f'<figure class="tile {aspect(image)}" data-image="{pk:d}">'
             f'<label class="tile-check"><input class="tile-select" type="checkbox" name="images" value="{pk:d}" '
-            f'form="selection" aria-label="{labels["select"]} {escape(shorten(prompt, LABEL_CHARS))}">'
+            f'form="selection" aria-label="{labels["select"]} {escape(prompt.chars(LABEL_CHARS))}">'
             '<span aria-hidden="true"></span></label>'
             f'<a class="tile-link" href="{escape(reverse("gallery-detail", args=[pk]))}{self.detail_query}">'
             f'{picture}<figcaption class="tile-caption"><span class="tile-prompt">'
-            f'{self.highlight(shorten(prompt, CAPTION_CHARS))}</span><span class="tile-meta">{meta}</span>'
+            f'{self.highlight(prompt.chars(CAPTION_CHARS))}</span><span class="tile-meta">{meta}</span>'
             '</figcaption></a>'
             f'<div class="tile-actions"><a href="{reuse}">{labels["reuse"]}</a>'
             f'<a href="{reuse}&amp;with=seed">{labels["seed"]}</a>{revised}'
