@@ -8,6 +8,7 @@ strings) or is formatted as a number, every URL comes from reverse() with its ar
 for every tile (the labels, the search's highlighter, the query string carrying the filters) is made once.
 """
 
+import unicodedata
 from html import escape
 
 from django import template
@@ -15,7 +16,7 @@ from django.http import QueryDict
 from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
-from django.utils.translation import gettext
+from django.utils.translation import gettext, pgettext
 
 from gallery.models import Image, Rendition
 from gallery.search import Query
@@ -28,14 +29,14 @@ EAGER_TILES = 6  # the first screen's: a lazy first tile delays the largest pain
 
 
 @register.simple_tag
-def favourite_button(image: Image, is_favourite: bool) -> SafeString:
+def favourite_button(image: Image, is_favourite: bool, label: str = "") -> SafeString:
     """A tile's ♡: it posts the page's #favourites form without JavaScript, and with htmx replaces itself
-    with the answer, this button in its new state."""
+    with the answer, this button in its new state. `label` is its escaped name, when a page of tiles has it."""
     url, on = escape(reverse("gallery-favourite", args=[image.pk])), " is-on" if is_favourite else ""
     return mark_safe(
         f'<button class="fav tile-favourite{on}" type="submit" form="favourites" formaction="{url}" '
         f"""hx-post="{url}" hx-vals='{{"tile": "1"}}' hx-target="this" hx-swap="outerHTML" """
-        f'aria-pressed="{"true" if is_favourite else "false"}" aria-label="{escape(gettext("Favourite"))}">'
+        f'aria-pressed="{"true" if is_favourite else "false"}" aria-label="{label or escape(gettext("Favourite"))}">'
         f'{"♥" if is_favourite else "♡"}</button>')
 
 
@@ -55,14 +56,24 @@ class Tiles:
         self.highlight = query.highlighter()
         self.labels = {name: escape(text) for name, text in [
             ("select", gettext("Select:")), ("reuse", gettext("Reuse prompt")),
-            ("seed", gettext("Reuse with seed")), ("revised", gettext("Use revised prompt"))]}
+            ("seed", gettext("Reuse with seed")), ("revised", gettext("Use revised prompt")),
+            ("favourite", gettext("Favourite"))]}
+        # What Truncator appends to a cut text, translated once a page instead of twice a cut.
+        self.ellipsis = pgettext("String to return when truncating text", "%(truncated_text)s…")
+
+    def shortened(self, text: str, limit: int) -> str:
+        """text cut to limit characters as Truncator.chars (the truncatechars filter) cuts it. A text no
+        longer than limit, most prompts, comes back whole from Truncator, NFC-normalized; that is done here
+        without it."""
+        text = unicodedata.normalize("NFC", text)
+        return text if len(text) <= limit else Truncator(text).chars(limit, truncate=self.ellipsis)
 
     def render(self, images: list[Image]) -> SafeString:
         return mark_safe("\n".join(self.tile(image, number) for number, image in enumerate(images, 1)))
 
     def tile(self, image: Image, number: int) -> str:
         """One tile: its checkbox, its link (thumbnail, prompt, designer, size, model) and its actions."""
-        prompt, pk, labels = Truncator(image.prompt), image.pk, self.labels
+        pk, labels = image.pk, self.labels
         if image.grid_width:
             src = escape(reverse("gallery-image-file", args=[pk, Rendition.Spec.GRID]))
             lazy = ' loading="lazy"' if number > EAGER_TILES else ""
@@ -75,13 +86,13 @@ class Tiles:
         return (
             f'<figure class="tile {aspect(image)}" data-image="{pk:d}">'
             f'<label class="tile-check"><input class="tile-select" type="checkbox" name="images" value="{pk:d}" '
-            f'form="selection" aria-label="{labels["select"]} {escape(prompt.chars(LABEL_CHARS))}">'
+            f'form="selection" aria-label="{labels["select"]} {escape(self.shortened(image.prompt, LABEL_CHARS))}">'
             '<span aria-hidden="true"></span></label>'
             f'<a class="tile-link" href="{escape(reverse("gallery-detail", args=[pk]))}{self.detail_query}">'
             f'{picture}<figcaption class="tile-caption"><span class="tile-prompt">'
-            f'{self.highlight(prompt.chars(CAPTION_CHARS))}</span><span class="tile-meta">{meta}</span>'
+            f'{self.highlight(self.shortened(image.prompt, CAPTION_CHARS))}</span><span class="tile-meta">{meta}</span>'
             '</figcaption></a>'
             f'<div class="tile-actions"><a href="{reuse}">{labels["reuse"]}</a>'
             f'<a href="{reuse}&amp;with=seed">{labels["seed"]}</a>{revised}'
-            f'{favourite_button(image, image.is_favourite)}</div></figure>'
+            f'{favourite_button(image, image.is_favourite, labels["favourite"])}</div></figure>'
         )
