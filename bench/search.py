@@ -392,8 +392,20 @@ def machine() -> list[str]:
         version = cursor.fetchone()[0].split(" on ")[0]
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     return [f"Machine: {os.cpu_count()} CPUs ({cpu}), {ram:.1f} GiB RAM, Python {platform.python_version()}, "
-            f"{version}", f"Rows: {Generation.objects.count():,} generations, {Image.objects.count():,} images",
-            f"Date: {date}"]
+            f"{version}", f"CPU check: {cpu_check():.0f} ms for a fixed Python loop (median of 5; a shared machine's "
+            "speed varies from day to day: compare runs by it)",
+            f"Rows: {Generation.objects.count():,} generations, {Image.objects.count():,} images", f"Date: {date}"]
+
+
+def cpu_check() -> float:
+    """Milliseconds for three million additions in a Python loop, the median of five tries."""
+    times = []
+    for _ in range(5):
+        start, total = time.perf_counter(), 0
+        for number in range(3_000_000):
+            total += number
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def shorten(text: str, width: int) -> str:
