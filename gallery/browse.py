@@ -19,6 +19,7 @@ matches. bench/RESULTS.md has the figures at 1M generations.
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -114,16 +115,28 @@ def matching_ids(images, match: "_Match", limit: int, *, oldest_first: bool = Fa
             [*window_params, *match_params, limit],
         )
         ids = [row[0] for row in cursor.fetchall()]
-    return ids if len(ids) >= limit else _indexed_ids(images, match, limit, order)
+    return ids if len(ids) >= limit or _window_holds_all(images) else _indexed_ids(images, match, limit, order)
+
+
+def _window_holds_all(images) -> bool:
+    """Whether the window holds every one of images: a filter to fewer images than its size, such as a
+    collection of a few hundred or a new designer's own. Then its matches are all the matches, and no index
+    is asked for more (it would read every match of the words in the whole gallery). Not asked of the whole
+    gallery, which a studio soon fills past the window."""
+    size = _window_size(images)
+    return images.query.has_filters() and not images[size - 1:size].exists()
+
+
+def _window_size(images) -> int:
+    return WINDOW if images.page_keys()[0] == "created" else COLLECTION_WINDOW
 
 
 def _window(images, oldest_first: bool = False) -> tuple[str, list]:
     """The newest (or oldest) WINDOW images as SQL with columns id, search and the (at, key) they are ordered
     by: (created, id), or a collection item's copy of them, so that the order is the index's."""
     at, key = images.page_keys()
-    size = WINDOW if at == "created" else COLLECTION_WINDOW
     ordered = images.newest_first().reverse() if oldest_first else images.newest_first()
-    return ordered.values("id", "search", at=F(at), key=F(key))[:size].query.sql_with_params()
+    return ordered.values("id", "search", at=F(at), key=F(key))[:_window_size(images)].query.sql_with_params()
 
 
 def _indexed_ids(images, match: "_Match", limit: int, order: str = "DESC") -> list[int]:
@@ -230,16 +243,21 @@ def _relevant(images, query: Query, cursor: Cursor | None, user) -> Page:
 
 def _best(images, query: Query, first: int, need: int) -> list[tuple[int, int]]:
     """The `need` best (tier, id) matches in the tiers from `first` on: the newest of the best tier, then
-    of the next. The newest WINDOW images answer for each tier that has enough matches among them; the
-    tier's index answers for the others."""
+    of the next. The newest WINDOW images answer for each tier that has enough matches among them, or for
+    every tier when they are all the images there are; the tier's index answers for the others."""
     window = _window_tiers(images, query, first, need)
-    if not window and not _indexed_ids(images, _Match(query, first, onwards=True), 1):
+
+    @functools.cache
+    def all_in_window() -> bool:
+        return _window_holds_all(images)
+
+    if not window and (all_in_window() or not _indexed_ids(images, _Match(query, first, onwards=True), 1)):
         return []  # nothing among the newest, and the index knows of nothing older
     found: list[tuple[int, int]] = []
     for tier in range(first, len(query.tiers())):
         wanted = need - len(found)
         ids = window.get(tier, [])
-        if len(ids) < wanted:
+        if len(ids) < wanted and not all_in_window():
             ids = _indexed_ids(images, _Match(query, tier), wanted)
         found += [(tier, pk) for pk in ids[:wanted]]
         if len(found) >= need:

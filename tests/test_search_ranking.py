@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gallery import browse, search, warmup
 from gallery.browse import PAGE_SIZE
-from gallery.models import Generation, Image
+from gallery.models import Collection, Generation, Image
 from tests.test_gallery import NOW, make_image, shown
 
 rebuild_migration = importlib.import_module("gallery.migrations.0006_ranked_search")
@@ -378,6 +378,70 @@ def test_a_cursor_from_another_search_gets_a_page_of_this_ones_matches(client, a
         after = [pk for pk in best_first(word)
                  if word[pk] > tier or (word[pk] == tier and (created[pk], pk) < (cursor.created, cursor.id))]
         assert found == after[:PAGE_SIZE] and found
+
+
+# --- the window and the index ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def index_asked(monkeypatch):
+    """Pages of 4 and a window of 40 images, so that a few dozen images fill it; returns a list that says
+    "the index" each time the index is asked for matches."""
+    for name, value in [("PAGE_SIZE", 4), ("SAMPLE_PER_KIND", 8), ("WINDOW", 40), ("COLLECTION_WINDOW", 40)]:
+        monkeypatch.setattr(browse, name, value)
+    asked, indexed_ids = [], browse._indexed_ids
+
+    def ask_index(*args, **kwargs):
+        asked.append("the index")
+        return indexed_ids(*args, **kwargs)
+
+    monkeypatch.setattr(browse, "_indexed_ids", ask_index)
+    return asked
+
+
+def filter_to_mine(alice, images) -> dict:
+    return {"mine": "on"}
+
+
+def filter_to_a_collection(alice, images) -> dict:
+    collection = Collection.objects.create(owner=alice, name="Lanterns")
+    collection.add([image.pk for image in images])
+    return {"collection": collection.pk}
+
+
+@pytest.mark.parametrize("sort", ["", "newest"])
+@pytest.mark.parametrize("narrowed", [filter_to_mine, filter_to_a_collection])
+def test_a_search_among_fewer_images_than_the_window_asks_no_index(client, alice, bob, index_asked, narrowed, sort):
+    # given 3 matches among a designer's 8 images (a collection of them, or their own), and a colleague's 100
+    # matches, all newer: more than a page and a window of them in the whole gallery
+    mine = make_images(alice, 3, "a red lantern by the gate", minutes_ago=lambda i: 200 + 2 * i)
+    others = make_images(alice, 5, "a quiet bay at noon", minutes_ago=lambda i: 201 + 2 * i)
+    make_images(bob, 100, "a red lantern by the gate")
+    params = {"q": "lantern", **narrowed(alice, [*mine, *others]), **({"sort": sort} if sort else {})}
+
+    # when the designer searches among them, and opens the first match's page
+    pages = every_page(client, params)
+    response = client.get(f"/gallery/{mine[0].pk}/", params)
+
+    # then the window held every one of them: the three come, and no index was asked for more
+    assert pages == [[image.pk for image in mine]]
+    assert link(response, 'rel="next"') is not None and link(response, 'rel="prev"') is None
+    assert index_asked == []
+
+
+@pytest.mark.parametrize("narrowing", [{}, {"mine": "on"}])
+def test_a_search_among_more_images_than_the_window_asks_the_index(client, alice, index_asked, narrowing):
+    # given 3 matches among the newest 40 images and 2 older ones, all the designer's own
+    ages = [0, 10, 20, 45, 60]
+    matches = make_images(alice, len(ages), "a red lantern by the gate", minutes_ago=lambda i: ages[i])
+    make_images(alice, 60, "a quiet bay at noon", minutes_ago=lambda i: 1 + i if i < 39 else 100 + i)
+
+    # when the designer searches the whole gallery, or their own images
+    pages = every_page(client, {"q": "lantern", "sort": "newest", **narrowing})
+
+    # then the index finds the older two
+    assert [pk for page in pages for pk in page] == [image.pk for image in matches]
+    assert "the index" in index_asked
 
 
 # --- the vectors -------------------------------------------------------------------------------------------------
