@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.text import Truncator
 
 from gallery import search
@@ -234,12 +234,16 @@ def test_a_tile_shows_its_thumbnail_prompt_and_links(client, alice, bob):
     assert 'aria-pressed="false"' in shown
 
 
-def test_a_tiles_caption_is_cut_as_truncatechars_cuts_it(client, alice):
-    """Combining marks take no place of their own: a decomposed é is one character of the 220 shown."""
-    prompt = "cafe\u0301 " * 60  # 300 characters as typed, 240 as read
+@pytest.mark.parametrize("language", ["en", "zh-hans"])
+@pytest.mark.parametrize("prompt", ["cafe\u0301 " * 60, "cafe\u0301 " * 40, "cafe\u0301"])
+def test_a_tiles_caption_is_cut_as_truncatechars_cuts_it(client, alice, prompt, language):
+    """Combining marks take no place of their own: a decomposed é is one character of the 220 shown (300, 200
+    and 5 characters as typed; 240, 160 and 4 as read), and the text comes back composed, cut or not, with the
+    reader's language's ellipsis (Django's Chinese catalog has three dots)."""
     image = make_image(alice, prompt)
-    shown = tile(client.get("/gallery/").content.decode(), image)
-    assert f'<span class="tile-prompt">{Truncator(prompt).chars(220)}</span>' in shown
+    shown = tile(client.get("/gallery/", HTTP_ACCEPT_LANGUAGE=language).content.decode(), image)
+    with translation.override(language):
+        assert f'<span class="tile-prompt">{Truncator(prompt).chars(220)}</span>' in shown
 
 
 def test_a_tile_makes_no_query_of_its_own(client, alice, bob):

@@ -59,6 +59,8 @@ class Tiles:
             ("seed", gettext("Reuse with seed")), ("revised", gettext("Use revised prompt")),
             ("favourite", gettext("Favourite"))]}
         # What Truncator appends to a cut text, translated once a page instead of twice a cut.
+        # Translators: Django's own string, which Truncator asks for; as Django's catalog has it, so that
+        # prompts are cut as they were.
         self.ellipsis = pgettext("String to return when truncating text", "%(truncated_text)s…")
 
     def shortened(self, text: str, limit: int) -> str:
