@@ -122,7 +122,8 @@ def _window_holds_all(images) -> bool:
     """Whether the window holds every one of images: a filter to fewer images than its size, such as a
     collection of a few hundred or a new designer's own. Then its matches are all the matches, and no index
     is asked for more (it would read every match of the words in the whole gallery). Not asked of the whole
-    gallery, which a studio soon fills past the window."""
+    gallery unfiltered, which a studio soon fills past the window; a page after a cursor is asked (one index
+    read of up to the window's size)."""
     size = _window_size(images)
     return images.query.has_filters() and not images[size - 1:size].exists()
 

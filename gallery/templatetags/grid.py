@@ -64,10 +64,9 @@ class Tiles:
         self.ellipsis = pgettext("String to return when truncating text", "%(truncated_text)s…")
 
     def shortened(self, text: str, limit: int) -> str:
-        """text cut to limit characters as Truncator.chars (the truncatechars filter) cuts it. A text no
-        longer than limit, most prompts, comes back whole from Truncator, NFC-normalized; that is done here
+        """text, NFC-normalized, cut to limit characters as Truncator.chars (the truncatechars filter) cuts
+        it. A text no longer than limit, most prompts, comes back whole from Truncator; that is done here
         without it."""
-        text = unicodedata.normalize("NFC", text)
         return text if len(text) <= limit else Truncator(text).chars(limit, truncate=self.ellipsis)
 
     def render(self, images: list[Image]) -> SafeString:
@@ -76,6 +75,7 @@ class Tiles:
     def tile(self, image: Image, number: int) -> str:
         """One tile: its checkbox, its link (thumbnail, prompt, designer, size, model) and its actions."""
         pk, labels = image.pk, self.labels
+        prompt = unicodedata.normalize("NFC", image.prompt)  # as Truncator returns it, cut or not
         if image.grid_width:
             src = escape(reverse("gallery-image-file", args=[pk, Rendition.Spec.GRID]))
             lazy = ' loading="lazy"' if number > EAGER_TILES else ""
@@ -88,11 +88,11 @@ class Tiles:
         return (
             f'<figure class="tile {aspect(image)}" data-image="{pk:d}">'
             f'<label class="tile-check"><input class="tile-select" type="checkbox" name="images" value="{pk:d}" '
-            f'form="selection" aria-label="{labels["select"]} {escape(self.shortened(image.prompt, LABEL_CHARS))}">'
+            f'form="selection" aria-label="{labels["select"]} {escape(self.shortened(prompt, LABEL_CHARS))}">'
             '<span aria-hidden="true"></span></label>'
             f'<a class="tile-link" href="{escape(reverse("gallery-detail", args=[pk]))}{self.detail_query}">'
             f'{picture}<figcaption class="tile-caption"><span class="tile-prompt">'
-            f'{self.highlight(self.shortened(image.prompt, CAPTION_CHARS))}</span><span class="tile-meta">{meta}</span>'
+            f'{self.highlight(self.shortened(prompt, CAPTION_CHARS))}</span><span class="tile-meta">{meta}</span>'
             '</figcaption></a>'
             f'<div class="tile-actions"><a href="{reuse}">{labels["reuse"]}</a>'
             f'<a href="{reuse}&amp;with=seed">{labels["seed"]}</a>{revised}'
