@@ -444,6 +444,29 @@ def test_a_search_among_more_images_than_the_window_asks_the_index(client, alice
     assert "the index" in index_asked
 
 
+def test_the_image_pages_cross_tiers_the_window_does_not_hold(client, alice, bob, index_asked):
+    # given a word in the negative prompt of the newest images, then a window of images without it, the word in
+    # the prompt and in the revision of older ones, and a window of images without it older still: the newest
+    # and the oldest windows hold no match of the prompt's or the revision's tier
+    negative = make_images(alice, 3, "门口的夜景", negative="灯笼", minutes_ago=lambda i: i)
+    make_images(bob, 45, "a quiet bay at noon", minutes_ago=lambda i: 10 + i)
+    prompt = make_images(alice, 5, "红色灯笼挂在门口", minutes_ago=lambda i: 100 + i)
+    revised = make_images(bob, 5, "门口的夜景", "红色灯笼", minutes_ago=lambda i: 102 + i)
+    make_images(bob, 45, "a quiet bay at noon", minutes_ago=lambda i: 200 + i)
+    order = best_first({image.pk: tier for tier, images in enumerate([prompt, revised, negative]) for image in images})
+    assert [pk for page in every_page(client, {"q": "灯笼"}) for pk in page] == order
+
+    # when the designer opens the first match's page and presses Next to the end, then Previous back
+    forwards = image_page_walk(client, f"/gallery/{order[0]}/?q=灯笼", "next")
+    backwards = image_page_walk(client, f"/gallery/{order[-1]}/?q=灯笼", "prev")
+
+    # then the image pages cross from tier to tier in the gallery's order both ways, the index finding the tiers
+    # that the windows don't hold
+    assert forwards == order
+    assert backwards == order[::-1]
+    assert "the index" in index_asked
+
+
 # --- the vectors -------------------------------------------------------------------------------------------------
 
 CJK_CHARACTER = re.compile(search.CJK_RUN.pattern[:-1])  # one character of a Chinese run
