@@ -97,7 +97,7 @@ SEARCHES = [
 FILTERED_SEARCHES = ["小猫", "kitten"]  # to mine=on; the first also to each collection
 SECOND_PAGE_SEARCH = "小猫"  # the second page of each sort, through the first page's `a.more` link
 # The image pages of each listing's first and last tile (Previous and Next found in the listing's order); the
-# collections and lin's own images are added with their ids.
+# 20,000-image collection, and 小猫 in the 2,000-image one, are added with their ids (image_targets).
 IMAGE_PAGES_FROM = [{}, {"q": "小猫"}, {"q": "小猫", "sort": "newest"}, {"q": "kitten cinematic"},
                     {"q": "锦鲤 golden hour"}, {"q": "kitten", "mine": "on"}]
 FIRST_AFTER_RESTART = ({"q": "猫"}, {})  # a search by relevance, then the gallery's first page
